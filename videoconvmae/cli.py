@@ -1,0 +1,91 @@
+"""The one command line: ``videoconvmae <command> ...``.
+
+Each layer registers its own subcommands (``register(subparsers)`` in its ``cli.py``); this file only
+wires them together and turns known errors into one readable line. Run commands share one form:
+``videoconvmae <task> PRESET [key.sub=value ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from videoconvmae.config import Config, ConfigError, list_presets, load_config, to_yaml
+
+# Layers that contribute subcommands; a missing module simply contributes none.
+COMMAND_MODULES = (
+    "videoconvmae.models.cli",
+    "videoconvmae.data.cli",
+    "videoconvmae.engine.cli",
+    "videoconvmae.eval.cli",
+    "videoconvmae.launch.cli",
+)
+
+
+class UserError(RuntimeError):
+    """An error caused by the user's input; printed as one line without a traceback."""
+
+
+def add_config_args(parser: argparse.ArgumentParser, preset_required: bool = True) -> None:
+    """PRESET (a name in configs/ or a YAML path) and ``key.sub=value`` overrides."""
+    parser.add_argument("preset", nargs=None if preset_required else "?",
+                        help="config preset: a name in configs/ (see `videoconvmae config list`) or a YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def config_from_args(args: argparse.Namespace, task: str | None = None) -> Config:
+    preset, overrides = getattr(args, "preset", None), list(args.overrides)
+    if preset and "=" in preset:  # an optional PRESET left out: the first word is already an override
+        preset, overrides = None, [preset, *overrides]
+    return load_config(preset, overrides, task=task)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(to_yaml(config_from_args(args)), end="")
+    return 0
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    print("\n".join(list_presets()))
+    return 0
+
+
+def _register_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="show resolved configs and list presets")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the resolved config of a preset with overrides")
+    add_config_args(show, preset_required=False)
+    show.set_defaults(func=_config_show)
+    lst = csub.add_parser("list", help="list preset names")
+    lst.set_defaults(func=_config_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videoconvmae", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_config(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

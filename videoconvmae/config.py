@@ -1,0 +1,191 @@
+"""Typed run configuration: dataclass schema + YAML presets in configs/ + ``key.sub=value`` overrides.
+
+Why OmegaConf: its structured configs validate a dataclass schema on every merge (unknown key, wrong type)
+and parse dotted overrides and YAML, which is exactly what we need and nothing more; it is small, typed and
+maintained (it is Hydra's core). We do not use Hydra itself: its launcher / working-directory magic would
+fight our own CLI and Slurm layer. Each component owns its section (models/config.py, data/config.py, ...);
+this module only composes them, loads presets and reports errors in one line.
+
+Presets are YAML files in ``configs/``; a preset may name another as ``_base_`` to start from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from videoconvmae.data.config import DataConfig
+from videoconvmae.engine.config import OptimConfig, TrainConfig
+from videoconvmae.eval.config import EvalConfig
+from videoconvmae.launch.config import SlurmConfig
+from videoconvmae.models.config import ModelConfig
+
+TASKS = ("pretrain", "finetune", "linprobe", "eval")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_KEY = "_base_"
+
+
+@dataclass
+class Config:
+    task: str = "pretrain"  # pretrain | finetune | linprobe | eval
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture, masking, loss
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, decoding, sampling, augmentation
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and learning-rate schedule
+    train: TrainConfig = field(default_factory=TrainConfig)  # loop, precision, checkpoints, logging
+    eval: EvalConfig = field(default_factory=EvalConfig)  # multi-view evaluation protocol
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # cluster resources (launch only)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {'|'.join(TASKS)}, got {self.task!r}")
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value; the message is one line naming the file or key."""
+
+
+def config_dirs() -> list[Path]:
+    """Where preset names are looked up: $VIDEOCONVMAE_CONFIGS, ./configs, then the repository's configs/."""
+    dirs = [Path(p) for p in os.environ.get("VIDEOCONVMAE_CONFIGS", "").split(os.pathsep) if p]
+    candidates = [*dirs, Path.cwd() / "configs", REPO_ROOT / "configs"]
+    return list(dict.fromkeys(p.resolve() for p in candidates))
+
+
+def list_presets() -> list[str]:
+    names = {p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_preset(name: str) -> Path:
+    """A preset name (``pretrain_k400_base``) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for d in config_dirs():
+        candidate = d / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config preset {name!r} not found (looked in {', '.join(str(d) for d in config_dirs())})")
+
+
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The chain of YAML dicts from the root ``_base_`` down to ``path``."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    chain: list[tuple[Path, dict]] = []
+    base = data.pop(BASE_KEY, None)
+    if base:
+        base_path = find_preset(base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            base_path = path.parent / f"{base}.yaml"
+        chain = _read_preset(base_path, (*seen, path.resolve()))
+    return [*chain, (path, data)]
+
+
+def _one_line(err: OmegaConfBaseException, source: str) -> str:
+    """OmegaConf errors are multi-line with full_key / object_type; keep what names the key and the problem."""
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0].strip()
+    msg = re.sub(r"\s+", " ", msg)
+    if "Key '" in msg and "not in" in msg:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        schema = _section_fields(parent)
+        hint = f" (valid keys{' in ' + parent if parent else ''}: {', '.join(schema)})" if schema else ""
+        return f"{source}: unknown config key '{key}'{hint}"
+    return f"{source}: bad value for '{key}': {msg}" if key else f"{source}: {msg}"
+
+
+def _section_fields(dotted: str) -> list[str]:
+    """Field names of the config section at ``dotted`` ('' = top level), for error hints."""
+    node: Any = Config()
+    for part in [p for p in dotted.split(".") if p]:
+        node = getattr(node, part, None)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                task: str | None = None) -> Config:
+    """Schema defaults <- preset chain <- ``task`` <- overrides; validated; returned as dataclasses."""
+    schema = OmegaConf.structured(Config)
+    merged = schema
+    if preset:
+        for path, data in _read_preset(find_preset(preset)):
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.create(data))
+            except OmegaConfBaseException as e:
+                raise ConfigError(_one_line(e, str(path))) from None
+    if task is not None:
+        merged.task = task
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e, f"override {text!r}")) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as e:
+        msg = _one_line(e, "config") if isinstance(e, OmegaConfBaseException) else f"config: {e}"
+        raise ConfigError(msg) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from a saved dict (e.g. inside a checkpoint), with the same validation."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e, "saved config")) from None
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and '+dirty') when run from a checkout."""
+    from videoconvmae import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__

@@ -1,0 +1,1 @@
+"""Data layer: decoders, annotation formats, clip sampling, augmentation, synthetic dataset."""

@@ -1,0 +1,36 @@
+"""The data section of a run config (``data.*``): dataset, decoding, clip sampling, augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "k400"  # k400 | ssv2 | imagefolder: how annotations are read and clips sampled
+    root: str = ""  # folder the annotation's video / image paths are relative to
+    train_annotation: str = ""  # K400 CSV, SSV2 train.json, `<path> <label>` list, or image folder
+    val_annotation: str = ""  # same formats, validation split
+    labels_file: str = ""  # SSV2 labels.json (name -> id); K400 maps sorted names itself
+    decoder: str = "decord"  # decord | pyav | torchcodec
+    num_frames: int = 16  # frames per clip (T)
+    sampling_rate: int = 4  # K400 dense sampling: stride between sampled frames
+    num_segments: int = 16  # SSV2 segment sampling: one frame per uniform segment
+    input_size: int = 224  # crop size fed to the model
+    short_side_size: int = 224  # eval: short side resized to this before the spatial crops
+    batch_size: int = 8  # clips per process per optimizer micro-step
+    num_workers: int = 4  # DataLoader worker processes
+    pretrain_crop: str = "multiscale"  # multiscale (VideoMAE scales 1, .875, .75, .66) | rrc
+    flip: bool = True  # random horizontal flip (must be off for SSV2: its labels say left / right)
+    randaug: str = "rand-m7-n4-mstd0.5-inc1"  # timm RandAugment spec for finetuning; '' = off
+    reprob: float = 0.25  # random erasing probability (finetuning)
+    mixup: float = 0.8  # mixup alpha (finetuning); 0 = off
+    cutmix: float = 1.0  # cutmix alpha (finetuning); 0 = off
+    label_smoothing: float = 0.1  # label smoothing with mixup / cutmix (finetuning)
+    repeated_aug: int = 1  # augmented clips per decoded video (one decode, N clips)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (RGB)
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (RGB)
+    max_skip_fraction: float = 0.05  # fail the run when more than this fraction of samples is unreadable
+    decode_timeout_s: float = 60.0  # a single video decode taking longer than this counts as unreadable
+    limit_items: Optional[int] = None  # use only the first N annotation items (debugging)

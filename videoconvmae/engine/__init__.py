@@ -1,0 +1,1 @@
+"""Training engine: pretraining, finetuning and linear probing loops; checkpoints; distributed."""

@@ -1,0 +1,1 @@
+"""Multi-view evaluation: view placement, one decode per video, aggregation, sharding, merge."""

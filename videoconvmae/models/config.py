@@ -1,0 +1,27 @@
+"""The model section of a run config (``model.*``). Only plain values: the registry builds the module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "videoconvmae_tiny"  # registry family, e.g. convmae_base; the task appends _pretrain / _cls
+    mask_type: str | None = None  # block | tube | random; None = block for images, tube for video
+    mask_ratio: float | None = None  # fraction of stage-3 tokens hidden; None = 0.75 image / 0.9 video
+    norm_pix_loss: bool = True  # MAE per-patch normalised pixel target
+    multiscale_decoder: bool = True  # fuse stride-4 / stride-2 convs of stages 1-2 into stage 3 (Eq. 1)
+    sparse_stages: bool = True  # run conv stages on visible stage-3 cells only (exact; dense is the reference)
+    tubelet: int | None = None  # temporal size of the cube embed; None = arch default (2)
+    temporal_kernel: int | None = None  # temporal size of the depthwise conv; None = arch default (3)
+    drop_path_rate: float = 0.0  # stochastic depth rate at the last block
+    num_classes: int = 0  # classifier outputs; 0 = number of classes in the dataset
+    grad_checkpointing: bool = False  # recompute block activations in backward to save memory
+    pretrained: str = ""  # checkpoint to initialise from (ours or official ConvMAE; 2D is inflated to 3D)
+
+    def __post_init__(self) -> None:
+        if self.mask_type not in (None, "block", "tube", "random"):
+            raise ValueError(f"model.mask_type: expected block|tube|random, got {self.mask_type!r}")
+        if self.mask_ratio is not None and not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"model.mask_ratio: expected a value in [0, 1), got {self.mask_ratio}")

@@ -1,0 +1,352 @@
+"""A real single-node Slurm for the launch tests: munged, MariaDB, slurmdbd, slurmctld and slurmd.
+
+Every daemon runs as root (no systemd here) with its config, state, log and pid file under ONE folder,
+on free TCP ports, with its own munge socket and key, so it never touches /etc/slurm, /run/munge or
+another cluster on the same machine. Accounting (slurmdbd + MariaDB) is not optional: without it ``sacct``
+fails and submitit cannot tell that a cancelled job is over.
+
+Command line (from the repository root)::
+
+    python tests/slurm_cluster.py start [--dir DIR]   # prints `export SLURM_CONF=...`
+    python tests/slurm_cluster.py status --dir DIR
+    python tests/slurm_cluster.py stop --dir DIR      # stops every daemon by its pid file
+
+In pytest: ``cluster = LocalSlurm(tmp_dir).start()`` ... ``cluster.stop()``; ``unavailable_reason()`` says
+why the daemons cannot start here (not root, Debian packages missing), for a clear skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BINARIES = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd", "sacctmgr",
+            "sinfo", "sbatch", "srun", "scontrol", "sacct")
+CLUSTER_NAME = "vcmtest"
+DB_PASSWORD = "vcm-slurm-test"
+
+
+def unavailable_reason() -> str | None:
+    """Why a local Slurm cannot be started on this machine, or None when it can."""
+    if sys.platform != "linux":
+        return f"a local Slurm needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return f"starting slurmd / slurmctld / munged needs root (running as uid {os.geteuid()})"
+    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if missing:
+        return (f"Slurm / munge / MariaDB binaries missing ({', '.join(missing)}): "
+                "install slurm-wlm munge slurmdbd mariadb-server (tools/setup.sh)")
+    return None
+
+
+def _which(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_resources() -> tuple[int, int]:
+    """(CPUs, RealMemory in MB) of this machine, leaving 1 GB of memory to the system."""
+    mem_kb = 4_000_000
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return os.cpu_count() or 1, max(1000, mem_kb // 1024 - 1024)
+
+
+class SlurmStartError(RuntimeError):
+    """A daemon did not come up; the message names it and the tail of its log."""
+
+
+class LocalSlurm:
+    """One single-node Slurm cluster living in ``root``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.conf = self.root / "etc" / "slurm.conf"
+        self.dbd_conf = self.root / "etc" / "slurmdbd.conf"
+        self.munge_dir = self.root / "munge"
+        self.munge_socket = self.munge_dir / "munge.socket.2"
+        self.db_dir = self.root / "mysql"
+        self.db_socket = self.root / "mysql.sock"
+        self.log_dir = self.root / "log"
+        self.run_dir = self.root / "run"
+        self.state_file = self.root / "cluster.json"
+
+    # -- public ---------------------------------------------------------------------------------------
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables every Slurm client (and submitit) needs to talk to this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    def pid_files(self) -> dict[str, Path]:
+        """Daemon name -> pid file, in start order."""
+        names = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+        return {name: self.run_dir / f"{name}.pid" for name in names}
+
+    def start(self, timeout_s: float = 90.0) -> LocalSlurm:
+        reason = unavailable_reason()
+        if reason:
+            raise SlurmStartError(reason)
+        for d in (self.root, self.munge_dir, self.log_dir, self.run_dir, self.root / "etc",
+                  self.root / "state", self.root / "spool"):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o755)  # munged refuses group/other-writable folders; clients must reach the socket
+        ctld_port, slurmd_port, dbd_port, db_port = _free_ports(4)
+        self.state_file.write_text(json.dumps({"ports": {"slurmctld": ctld_port, "slurmd": slurmd_port,
+                                                         "slurmdbd": dbd_port, "mariadb": db_port}}))
+        try:
+            self._start_munge()
+            self._start_mariadb(db_port, timeout_s)
+            self._write_confs(ctld_port, slurmd_port, dbd_port, db_port)
+            self._start_slurm(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Cancel this cluster's jobs, then stop every daemon by its pid file (newest first)."""
+        if self.conf.exists() and self._alive("slurmctld"):
+            subprocess.run(["scancel", "--full", "--user", "root"], env=self._client_env(), capture_output=True,
+                           timeout=30, check=False)
+        for name in reversed(list(self.pid_files())):
+            pid = self._pid(name)
+            if pid is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and _pid_alive(pid):
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.pid_files()[name].unlink(missing_ok=True)
+
+    def status(self) -> dict[str, bool]:
+        return {name: self._alive(name) for name in self.pid_files()}
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a Slurm client command against this cluster."""
+        return subprocess.run(list(cmd), env=self._client_env(), capture_output=True, text=True, check=check,
+                              timeout=timeout)
+
+    # -- daemons --------------------------------------------------------------------------------------
+    def _start_munge(self) -> None:
+        key = self.munge_dir / "munge.key"
+        if not key.exists():
+            key.write_bytes(os.urandom(1024))  # a private key: this cluster never talks to another munged
+        key.chmod(0o600)
+        self._spawn("munged", [_which("munged"), f"--socket={self.munge_socket}", f"--key-file={key}",
+                               f"--pid-file={self.pid_files()['munged']}", f"--log-file={self.log_dir}/munged.log",
+                               f"--seed-file={self.munge_dir}/munged.seed", "--force"], daemonizes=True)
+        self._wait(lambda: self.munge_socket.exists(), 15, "munged", self.log_dir / "munged.log")
+
+    def _start_mariadb(self, port: int, timeout_s: float) -> None:
+        log = self.log_dir / "mariadb.log"
+        if not (self.db_dir / "mysql").exists():
+            with open(log, "ab") as out:
+                subprocess.run([_which("mariadb-install-db"), "--no-defaults", "--user=root",
+                                f"--datadir={self.db_dir}", "--auth-root-authentication-method=normal",
+                                "--skip-test-db"],
+                               stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+        self._spawn("mariadbd", [_which("mariadbd"), "--no-defaults", "--user=root", f"--datadir={self.db_dir}",
+                                 f"--socket={self.db_socket}", "--bind-address=127.0.0.1", f"--port={port}",
+                                 f"--pid-file={self.pid_files()['mariadbd']}", f"--log-error={log}",
+                                 "--skip-name-resolve", "--innodb-buffer-pool-size=32M"], daemonizes=False)
+        sql = (f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';"
+               f"CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
+               "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+               "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;")
+
+        def ready() -> bool:
+            r = subprocess.run([_which("mariadb"), "--no-defaults", f"--socket={self.db_socket}", "-uroot", "-e", sql],
+                               capture_output=True, timeout=20, check=False)
+            return r.returncode == 0
+
+        self._wait(ready, timeout_s, "mariadbd", log)
+
+    def _write_confs(self, ctld_port: int, slurmd_port: int, dbd_port: int, db_port: int) -> None:
+        cpus, mem_mb = _node_resources()
+        r, log, run = self.root, self.log_dir, self.run_dir
+        self.conf.write_text("\n".join([
+            f"ClusterName={CLUSTER_NAME}",
+            "SlurmctldHost=localhost",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            "CredType=cred/munge",
+            f"StateSaveLocation={r}/state",
+            f"SlurmdSpoolDir={r}/spool",
+            f"SlurmctldPidFile={run}/slurmctld.pid",
+            f"SlurmdPidFile={run}/slurmd.pid",
+            f"SlurmctldLogFile={log}/slurmctld.log",
+            f"SlurmdLogFile={log}/slurmd.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory",
+            "DefMemPerCPU=1000",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "JobAcctGatherType=jobacct_gather/linux",
+            "JobAcctGatherFrequency=30",
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=localhost",
+            f"AccountingStoragePort={dbd_port}",
+            f"AccountingStoragePass={self.munge_socket}",  # else clients look for the default munge socket
+            "JobRequeue=1",
+            "KillWait=5",
+            "MinJobAge=300",
+            "SchedulerType=sched/backfill",
+            "SchedulerParameters=sched_interval=1",
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
+            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]))
+        self.dbd_conf.write_text("\n".join([
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            "DbdHost=localhost",
+            f"DbdPort={dbd_port}",
+            "SlurmUser=root",
+            f"PidFile={run}/slurmdbd.pid",
+            f"LogFile={log}/slurmdbd.log",
+            "StorageType=accounting_storage/mysql",
+            "StorageHost=127.0.0.1",
+            f"StoragePort={db_port}",
+            "StorageUser=slurm",
+            f"StoragePass={DB_PASSWORD}",
+            "StorageLoc=slurm_acct_db",
+            "",
+        ]))
+        self.dbd_conf.chmod(0o600)  # slurmdbd refuses a readable config holding the DB password
+
+    def _start_slurm(self, timeout_s: float) -> None:
+        env = self._client_env()
+        self._spawn("slurmdbd", [_which("slurmdbd")], daemonizes=True, env={**env, "SLURM_CONF": str(self.conf),
+                                                                           "SLURMDBD_CONF": str(self.dbd_conf)})
+
+        def cluster_added() -> bool:
+            r = self.run("sacctmgr", "-i", "add", "cluster", CLUSTER_NAME, check=False)
+            return r.returncode == 0 or "already exists" in (r.stdout + r.stderr).lower()
+
+        self._wait(cluster_added, timeout_s, "slurmdbd", self.log_dir / "slurmdbd.log")
+        self._spawn("slurmctld", [_which("slurmctld"), "-f", str(self.conf), "-i"], daemonizes=True, env=env)
+        self._spawn("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], daemonizes=True, env=env)
+
+        def idle() -> bool:
+            r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False, timeout=10)
+            return r.returncode == 0 and r.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated")
+
+        self._wait(idle, timeout_s, "slurmctld / slurmd", self.log_dir / "slurmd.log")
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _client_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _spawn(self, name: str, cmd: list[str], daemonizes: bool, env: dict | None = None) -> None:
+        with open(self.log_dir / f"{name}.out", "ab") as out:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env or self._client_env(), start_new_session=True, close_fds=True)
+        if daemonizes:
+            rc = proc.wait(timeout=60)  # the parent returns once the daemon forked and wrote its pid file
+            if rc != 0:
+                raise SlurmStartError(f"{name} exited with {rc}: {self._tail(self.log_dir / f'{name}.out')}")
+        else:
+            self.pid_files()[name].write_text(str(proc.pid))
+
+    def _wait(self, ready, timeout_s: float, name: str, log: Path) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if ready():
+                return
+            time.sleep(0.3)
+        raise SlurmStartError(f"{name} not ready after {timeout_s:.0f} s; {log}: {self._tail(log)}")
+
+    @staticmethod
+    def _tail(path: Path, n: int = 3) -> str:
+        try:
+            return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int(self.pid_files()[name].read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _alive(self, name: str) -> bool:
+        pid = self._pid(name)
+        return pid is not None and _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours still answers kill(0); reap it if it is ours
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="start / stop a real single-node Slurm under one folder")
+    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("--dir", help="cluster folder (start: default a new temp folder)")
+    args = parser.parse_args(argv)
+    if args.action != "start" and not args.dir:
+        parser.error(f"{args.action} needs --dir")
+    cluster = LocalSlurm(args.dir or tempfile.mkdtemp(prefix="vcm-slurm-"))
+    if args.action == "start":
+        t0 = time.time()
+        try:
+            cluster.start()
+        except SlurmStartError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"# Slurm ready in {time.time() - t0:.1f} s; stop with: python {sys.argv[0]} stop --dir {cluster.root}")
+        print(f"export SLURM_CONF={cluster.conf}")
+    elif args.action == "stop":
+        cluster.stop()
+    else:
+        for name, alive in cluster.status().items():
+            print(f"{name}: {'running' if alive else 'stopped'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

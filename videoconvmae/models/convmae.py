@@ -1,0 +1,323 @@
+"""ConvMAE / VideoConvMAE: the hybrid conv-transformer encoder, the masked-autoencoder pretrain model, the classifier.
+
+One code path for images (``spatial_dims=2``, input ``[N, C, H, W]``) and video (``spatial_dims=3``, input
+``[N, C, T, H, W]``). The stage-3 grid is (H/16, W/16) or (T/tubelet, H/16, W/16), taken from the input: any
+size divisible by 16 (and T by the tubelet) works; position embeddings are computed for it.
+
+State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE): ``patch_embed1..3`` (conv embeds),
+``patch_embed4`` (Linear), ``blocks1``, ``blocks2`` (conv blocks), ``blocks3`` (transformer), ``norm``,
+``stage1_output_decode``, ``stage2_output_decode``, ``decoder_*``, ``mask_token``; classifier ``fc_norm``, ``head``.
+Position embeddings are not in the state dict: they are fixed sin-cos, computed from the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from videoconvmae.models.layers import (
+    TRANSFORMER_NORM_EPS,
+    Block,
+    ConvBlock,
+    PatchEmbed,
+    channels_first,
+    conv_nd,
+    sincos_pos_embed,
+    trunc_normal_,
+)
+from videoconvmae.models.masking import make_mask, upsample_keep, visible_indices
+
+STAGE_STRIDES = (4, 2, 2)  # spatial stride of patch_embed1..3: the stage-3 cell is 16x16 pixels
+
+
+@dataclass
+class EncoderOutput:
+    latent: torch.Tensor  # [N, L_vis, C3] stage-3 tokens after fusion and norm (all L tokens when unmasked)
+    stage1: torch.Tensor  # [N, *grid1, C1] stage-1 output (masked positions hold garbage by design)
+    stage2: torch.Tensor  # [N, *grid2, C2]
+    visible_idx: torch.Tensor | None  # [N, L_vis] indices into the stage-3 grid; None = all tokens
+
+
+class ConvMAEEncoder(nn.Module):
+    """Stages 1-2: conv embeds + masked conv blocks; stage 3: embed -> Linear -> + sin-cos pos -> transformer.
+
+    ``stage_decodes`` adds the multi-scale fusion convs (stride-4 conv C1->C3 on stage 1, stride-2 conv C2->C3 on
+    stage 2, Eq. 1); ``final_norm`` the LayerNorm after stage 3. The classifier has neither (as the official
+    global-pool ConvViT).
+    """
+
+    def __init__(self, dims: Sequence[int] = (256, 384, 768), depths: Sequence[int] = (2, 2, 11),
+                 mlp_ratios: Sequence[float] = (4, 4, 4), num_heads: int = 12, spatial_dims: int = 2,
+                 in_chans: int = 3, tubelet: int = 2, temporal_kernel: int = 3, drop_path_rate: float = 0.0,
+                 stage_decodes: bool = True, final_norm: bool = True):
+        super().__init__()
+        conv_nd(spatial_dims)  # validates spatial_dims
+        c1, c2, c3 = dims
+        self.dims, self.depths, self.spatial_dims, self.in_chans = tuple(dims), tuple(depths), spatial_dims, in_chans
+        self.tubelet = tubelet if spatial_dims == 3 else 1
+        self.temporal_kernel = temporal_kernel
+
+        def kernel(stride: int, t: int = 1) -> tuple[int, ...]:
+            return (stride, stride) if spatial_dims == 2 else (t, stride, stride)
+
+        self.patch_embed1 = PatchEmbed(in_chans, c1, kernel(4, self.tubelet), spatial_dims)
+        self.patch_embed2 = PatchEmbed(c1, c2, kernel(2), spatial_dims)
+        self.patch_embed3 = PatchEmbed(c2, c3, kernel(2), spatial_dims)
+        self.patch_embed4 = nn.Linear(c3, c3)
+
+        total = sum(depths)  # stochastic depth grows linearly with depth (plain floats: works on the meta device)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        d1, d2, d3 = depths
+        self.blocks1 = nn.ModuleList(
+            ConvBlock(c1, mlp_ratios[0], spatial_dims, temporal_kernel, dpr[i]) for i in range(d1))
+        self.blocks2 = nn.ModuleList(
+            ConvBlock(c2, mlp_ratios[1], spatial_dims, temporal_kernel, dpr[d1 + i]) for i in range(d2))
+        self.blocks3 = nn.ModuleList(Block(c3, num_heads, mlp_ratios[2], dpr[d1 + d2 + i]) for i in range(d3))
+        if stage_decodes:
+            self.stage1_output_decode = conv_nd(spatial_dims)(c1, c3, kernel(4), stride=kernel(4))
+            self.stage2_output_decode = conv_nd(spatial_dims)(c2, c3, kernel(2), stride=kernel(2))
+        self.norm = nn.LayerNorm(c3, eps=TRANSFORMER_NORM_EPS) if final_norm else nn.Identity()
+        self.grad_checkpointing = False
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """Pixels per stage-3 token: (16, 16) or (tubelet, 16, 16)."""
+        return (16, 16) if self.spatial_dims == 2 else (self.tubelet, 16, 16)
+
+    def token_grid(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        """The stage-3 grid for an input of shape ``[N, C, (T,) H, W]``; raises one clear line on a bad size."""
+        expected = 2 + self.spatial_dims
+        if len(x_shape) != expected:
+            want = "[N, C, H, W]" if self.spatial_dims == 2 else "[N, C, T, H, W]"
+            raise ValueError(f"input: expected {want} for this {self.spatial_dims}D model, got {list(x_shape)}")
+        if x_shape[1] != self.in_chans:
+            raise ValueError(f"input: expected {self.in_chans} channels, got {x_shape[1]}")
+        sizes = tuple(x_shape[2:])
+        if any(s % p for s, p in zip(sizes, self.patch_size)):
+            raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(self.patch_size)}")
+        return tuple(s // p for s, p in zip(sizes, self.patch_size))
+
+    def pos_embed(self, grid: Sequence[int], dim: int, like: torch.Tensor) -> torch.Tensor:
+        """[1, L, dim] fixed sin-cos embedding for ``grid``, cached per (grid, dim, device, dtype)."""
+        key = (tuple(grid), dim, like.device, like.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sincos_pos_embed(dim, grid).to(device=like.device, dtype=like.dtype)[None]
+        return self._pos_cache[key]
+
+    # -- encoder ----------------------------------------------------------------------------------------------
+    def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def stage_keeps(self, mask: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visible masks for stages 1 and 2, [N, *grid_k, 1], upsampled (nearest) x4 / x2 from the stage-3 mask."""
+        keep3 = (~mask).reshape(mask.shape[0], *grid)
+        return upsample_keep(keep3, 4)[..., None], upsample_keep(keep3, 2)[..., None]
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+        """x: [N, C, (T,) H, W]; mask: [N, L] bool, True = masked (None = encode every token, no masking)."""
+        grid = self.token_grid(x.shape)
+        keep1 = keep2 = visible_idx = None
+        if mask is not None:
+            keep1, keep2 = (k.to(x.dtype) for k in self.stage_keeps(mask, grid))
+            visible_idx = visible_indices(mask)
+
+        x = self.patch_embed1(x)
+        for blk in self.blocks1:
+            x = self._run(blk, x, keep1)
+        stage1 = x
+        x = self.patch_embed2(channels_first(x))
+        for blk in self.blocks2:
+            x = self._run(blk, x, keep2)
+        stage2 = x
+        x = self.patch_embed3(channels_first(x)).flatten(1, -2)  # [N, L, C3]
+        x = self.patch_embed4(x)
+        x = x + self.pos_embed(grid, x.shape[-1], x)
+        if visible_idx is not None:
+            x = gather_tokens(x, visible_idx)
+        for blk in self.blocks3:
+            x = self._run(blk, x)
+        if hasattr(self, "stage1_output_decode") and self.fuse_stages:
+            for decode, feat in ((self.stage1_output_decode, stage1), (self.stage2_output_decode, stage2)):
+                tokens = decode(channels_first(feat)).flatten(2).transpose(1, 2)  # [N, L, C3]
+                x = x + (gather_tokens(tokens, visible_idx) if visible_idx is not None else tokens)
+        return EncoderOutput(self.norm(x), stage1, stage2, visible_idx)
+
+    fuse_stages = True  # the pretrain model's ``multiscale_decoder`` switch
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def init_weights(self, linear_init: str = "xavier") -> None:
+        """MAE pretrain init (xavier-uniform Linear, conv embeds as Linear) or ViT finetune init (trunc normal)."""
+
+        def init(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                if linear_init == "xavier":
+                    nn.init.xavier_uniform_(m.weight)
+                else:
+                    trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(init)
+        for embed in (self.patch_embed1, self.patch_embed2, self.patch_embed3):
+            w = embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x: [N, L, C], idx: [N, K] -> [N, K, C]."""
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class ConvMAEPretrain(ConvMAEEncoder):
+    """Masked autoencoder: encoder on visible tokens, multi-scale fusion, transformer decoder, masked MSE loss.
+
+    ``model(x, mask=None, generator=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool True = masked,
+    "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
+    """
+
+    def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
+                 decoder_mlp_ratio: float = 4.0, mask_type: str | None = None, mask_ratio: float | None = None,
+                 norm_pix_loss: bool = True, multiscale_decoder: bool = True, **encoder_kwargs):
+        super().__init__(stage_decodes=True, final_norm=True, **encoder_kwargs)
+        video = self.spatial_dims == 3
+        self.mask_type = mask_type or ("tube" if video else "block")
+        self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
+        make_mask(self.mask_type, 1, (1, 1, 1) if video else (1, 1), self.mask_ratio)  # validates both early
+        self.norm_pix_loss = norm_pix_loss
+        self.fuse_stages = multiscale_decoder
+        c3 = self.dims[-1]
+        self.decoder_embed = nn.Linear(c3, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, decoder_mlp_ratio) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=TRANSFORMER_NORM_EPS)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch_dim)
+        self.init_weights("xavier")
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per reconstructed patch: 16*16*3 = 768 (image) or tubelet*16*16*3 (video)."""
+        n = self.in_chans
+        for p in self.patch_size:
+            n *= p
+        return n
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}  # a learned token embedding, like timm's cls_token
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N, L, p*q*C] ((p, q, c) per patch, as MAE); video [N, C, T, H, W] -> (u, p, q, c)."""
+        self.token_grid(x.shape)
+        if self.spatial_dims == 2:
+            return rearrange(x, "n c (h p) (w q) -> n (h w) (p q c)", p=16, q=16)
+        return rearrange(x, "n c (t u) (h p) (w q) -> n (t h w) (u p q c)", u=self.tubelet, p=16, q=16)
+
+    def unpatchify(self, patches: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+        """Inverse of ``patchify`` for an input of shape ``x_shape``."""
+        grid = self.token_grid(x_shape)
+        if self.spatial_dims == 2:
+            return rearrange(patches, "n (h w) (p q c) -> n c (h p) (w q)", h=grid[0], w=grid[1], p=16, q=16)
+        return rearrange(patches, "n (t h w) (u p q c) -> n c (t u) (h p) (w q)", t=grid[0], h=grid[1], w=grid[2],
+                         u=self.tubelet, p=16, q=16)
+
+    def _check_mask(self, mask: torch.Tensor, n: int, grid: Sequence[int]) -> torch.Tensor:
+        length = 1
+        for g in grid:
+            length *= g
+        if mask.dtype != torch.bool or tuple(mask.shape) != (n, length):
+            raise ValueError(f"mask: expected bool [N={n}, L={length}] (True = masked) for grid {tuple(grid)}, "
+                             f"got {mask.dtype} {list(mask.shape)}")
+        return mask
+
+    def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor, visible_idx: torch.Tensor,
+                        grid: Sequence[int]) -> torch.Tensor:
+        """latent [N, L_vis, C3] -> pred [N, L, patch_dim]: mask tokens fill the hidden cells, + sin-cos pos."""
+        x = self.decoder_embed(latent)
+        n, length, dim = mask.shape[0], mask.shape[1], x.shape[-1]
+        full = x.new_zeros(n, length, dim).scatter(1, visible_idx[..., None].expand(-1, -1, dim), x)
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), full)
+        x = x + self.pos_embed(grid, dim, x)
+        for blk in self.decoder_blocks:
+            x = self._run(blk, x)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the masked patches only; target normalised per patch if ``norm_pix_loss``."""
+        target = self.patchify(x).to(pred.dtype)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        per_patch = ((pred - target) ** 2).mean(dim=-1)  # [N, L]
+        weight = mask.to(per_patch.dtype)
+        return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        grid = self.token_grid(x.shape)
+        if mask is None:
+            mask = make_mask(self.mask_type, x.shape[0], grid, self.mask_ratio, generator, x.device)
+        mask = self._check_mask(mask.to(x.device), x.shape[0], grid)
+        enc = self.encode(x, mask)
+        pred = self.forward_decoder(enc.latent, mask, enc.visible_idx, grid)
+        return {"loss": self.forward_loss(x, pred, mask), "pred": pred, "mask": mask, "latent": enc.latent}
+
+
+class ConvMAEClassifier(ConvMAEEncoder):
+    """Finetuning / linear-probe model: the encoder on all tokens -> mean pool -> ``fc_norm`` -> ``head``."""
+
+    def __init__(self, *, num_classes: int = 1000, **encoder_kwargs):
+        super().__init__(stage_decodes=False, final_norm=False, **encoder_kwargs)
+        self.num_classes = num_classes
+        self.num_features = self.dims[-1]
+        self.fc_norm = nn.LayerNorm(self.num_features, eps=TRANSFORMER_NORM_EPS)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights("trunc_normal")
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=2e-5)  # MAE finetuning's head init
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm``."""
+        return self.fc_norm(self.encode(x).latent.mean(dim=1))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm layer-decay groups, as the official ``get_layer_id_for_vit``: embeds and stages 1-2 are layer 0,
+        ``blocks3.i`` is layer i+1, ``fc_norm`` / ``head`` the last layer."""
+        return dict(
+            stem=r"^patch_embed|^blocks[12]\.",
+            blocks=[(r"^blocks3\.(\d+)", None), (r"^fc_norm|^norm|^head", (99999,))],
+        )

@@ -1,0 +1,91 @@
+"""Masks on the stage-3 token grid and their upsampling to the convolutional stages.
+
+Convention: ``mask [N, L] bool, True = masked`` over the stage-3 grid, row-major over (h, w) or (t, h, w).
+
+What "block-wise" means in ConvMAE: the official ``random_masking`` (Alpha-VL/ConvMAE, models_convmae.py) draws a
+uniform random subset of the *stage-3 tokens* (per-sample argsort of uniform noise, ``len_keep = int(L * (1 -
+ratio))``); each stage-3 token is a 16x16-pixel block, and the mask is upsampled x2 / x4 (nearest) to stages 2 / 1.
+So "block" = uniform random masking at stage-3 granularity, not BEiT's contiguous rectangles. We do the same:
+
+- ``block``: uniform random over stage-3 cells (images: 16x16 blocks; video: tubelet x 16 x 16 cubes).
+- ``random``: the same draw over all cells. For images it is identical to ``block``; for video it is the
+  space-time random masking of the ablations. Kept as its own name so configs read as the paper does.
+- ``tube``: one spatial random mask per sample, shared by every temporal slice (VideoMAE's tube masking).
+
+Every sample hides the same number of cells (a batch of visible tokens stays rectangular). Masks are drawn with
+an optional ``torch.Generator`` so a run can be replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MASK_TYPES = ("block", "tube", "random")
+
+
+def num_visible(num_cells: int, ratio: float) -> int:
+    """Cells kept: ``int(L * (1 - ratio))`` as the official code (a tiny epsilon absorbs float error), at least 1."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_ratio: expected a value in [0, 1), got {ratio}")
+    return max(1, int(num_cells * (1.0 - ratio) + 1e-6))
+
+
+def _uniform(n: int, length: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    if generator is not None:
+        return torch.rand(n, length, generator=generator, device=generator.device).to(device)
+    return torch.rand(n, length, device=device)
+
+
+def random_mask(n: int, length: int, ratio: float, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n, length] bool, True = masked; exactly ``length - num_visible`` masked per row, uniformly at random."""
+    noise = _uniform(n, length, generator, torch.device(device))
+    rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each cell's noise; the smallest ones stay visible
+    return rank >= num_visible(length, ratio)
+
+
+def tube_mask(n: int, grid: Sequence[int], ratio: float, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n, T*H*W] bool: one random spatial mask per sample repeated over all T temporal slices."""
+    t, h, w = grid
+    spatial = random_mask(n, h * w, ratio, generator, device)
+    return spatial[:, None, :].expand(n, t, h * w).reshape(n, t * h * w)
+
+
+def make_mask(mask_type: str, n: int, grid: Sequence[int], ratio: float,
+              generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A mask of ``mask_type`` over the stage-3 ``grid`` ((h, w) or (t, h, w)) -> [n, prod(grid)] bool."""
+    length = 1
+    for g in grid:
+        length *= g
+    if mask_type in ("block", "random"):
+        return random_mask(n, length, ratio, generator, device)
+    if mask_type == "tube":
+        if len(grid) != 3:
+            raise ValueError(f"mask_type 'tube' needs a video (t, h, w) grid, got {tuple(grid)}")
+        return tube_mask(n, grid, ratio, generator, device)
+    raise ValueError(f"mask_type: expected one of {'|'.join(MASK_TYPES)}, got {mask_type!r}")
+
+
+def upsample_keep(keep: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest upsampling of the last two (spatial) axes by ``factor``: [N, (T,) H, W] -> [N, (T,) H*f, W*f].
+
+    Video stages 2 and 3 embed with temporal stride 1, so the stage-1/2 grids have the stage-3 temporal size
+    and only space is upsampled.
+    """
+    return keep.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def visible_indices(mask: torch.Tensor) -> torch.Tensor:
+    """[N, L] bool mask -> [N, L_vis] indices of the visible tokens in ascending order.
+
+    Raises if rows hide different numbers of tokens (the visible batch must be rectangular).
+    """
+    counts = (~mask).sum(dim=1)
+    if mask.shape[0] and not bool((counts == counts[0]).all()):
+        raise ValueError(f"mask: every sample must keep the same number of tokens, got {counts.tolist()}")
+    num_vis = int(counts[0]) if mask.shape[0] else 0
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, in index order
+    return order[:, :num_vis]

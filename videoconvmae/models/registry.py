@@ -1,0 +1,138 @@
+"""Named model factories: ``create_model(name, **overrides)``, ``list_models()``, ``build_model(cfg, task)``.
+
+Names: ``{family}_{pretrain|cls}`` with families ``convmae_{tiny,small,base,base_star,large,huge}`` (images,
+paper Table 7) and ``videoconvmae_{tiny,small,base,large}`` (video: the same encoders with a (tubelet 2, 4, 4)
+cube embed and a temporal depthwise kernel of 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from videoconvmae.models.config import ModelConfig
+from videoconvmae.models.convmae import ConvMAEClassifier, ConvMAEPretrain
+
+
+@dataclass(frozen=True)
+class Size:
+    dims: tuple[int, int, int]  # [C1, C2, C3]
+    depths: tuple[int, int, int]  # [L1, L2, L3]
+    mlp_ratios: tuple[float, float, float]  # [P1, P2, P3]
+    num_heads: int  # H_a, stage-3 heads
+    paper_params_m: float | None = None  # Table 7 encoder parameters (M); None for debug sizes
+
+
+SIZES: dict[str, Size] = {
+    "tiny": Size((32, 48, 64), (1, 1, 2), (4, 4, 4), 2),
+    "small": Size((128, 256, 384), (2, 2, 11), (4, 4, 4), 6, 22),
+    "base": Size((256, 384, 768), (2, 2, 11), (4, 4, 4), 12, 84),
+    "base_star": Size((256, 384, 768), (2, 2, 11), (8, 8, 4), 12, 88),
+    "large": Size((384, 768, 1024), (2, 2, 23), (8, 8, 4), 16, 322),
+    "huge": Size((768, 1024, 1280), (2, 2, 31), (8, 8, 4), 16, 666),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    size: str
+    spatial_dims: int  # 2 images, 3 video
+    decoder: tuple[int, int, int]  # (depth, dim, heads)
+    extra: dict = field(default_factory=dict)
+
+
+IMAGE_DECODER = (8, 512, 16)  # the official ConvMAE decoder
+VIDEO_DECODER = (4, 384, 6)  # VideoMAE-B's decoder, so image and video runs stay comparable
+TINY_DECODER = (1, 64, 2)
+
+FAMILIES: dict[str, Family] = {
+    **{f"convmae_{s}": Family(s, 2, TINY_DECODER if s == "tiny" else IMAGE_DECODER) for s in SIZES},
+    **{f"videoconvmae_{s}": Family(s, 3, TINY_DECODER if s == "tiny" else VIDEO_DECODER)
+       for s in ("tiny", "small", "base", "large")},
+}
+TASK_SUFFIXES = ("pretrain", "cls")
+
+
+def _kwargs(family: Family) -> dict:
+    size = SIZES[family.size]
+    kw = dict(dims=size.dims, depths=size.depths, mlp_ratios=size.mlp_ratios, num_heads=size.num_heads,
+              spatial_dims=family.spatial_dims)
+    if family.spatial_dims == 3:
+        kw.update(tubelet=2, temporal_kernel=3)
+    return kw
+
+
+def list_models() -> list[str]:
+    return sorted(f"{fam}_{suffix}" for fam in FAMILIES for suffix in TASK_SUFFIXES)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'convmae_base_pretrain' -> ('convmae_base', 'pretrain'); one clear line for an unknown name."""
+    family, _, suffix = name.rpartition("_")
+    if family not in FAMILIES or suffix not in TASK_SUFFIXES:
+        raise ValueError(f"model {name!r} is not registered (known: {', '.join(list_models())})")
+    return family, suffix
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; ``overrides`` replace constructor arguments (e.g. ``mask_ratio=0.5``)."""
+    family_name, suffix = split_name(name)
+    family = FAMILIES[family_name]
+    kw = _kwargs(family)
+    if suffix == "pretrain":
+        depth, dim, heads = family.decoder
+        kw.update(decoder_depth=depth, decoder_dim=dim, decoder_heads=heads)
+        cls: Callable[..., nn.Module] = ConvMAEPretrain
+    else:
+        cls = ConvMAEClassifier
+    kw.update(overrides)
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"model {name!r}: bad override ({e})") from None
+
+
+def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.Module:
+    """The model for a run: pretrain model for task ``pretrain``, classifier otherwise.
+
+    ``num_classes`` is the dataset's class count; ``model_cfg.num_classes > 0`` overrides it. ``sparse_stages``
+    selects an execution strategy only (the sparse path is exact); until it exists the dense path runs.
+    """
+    is_video = FAMILIES[split_name(f"{model_cfg.arch}_pretrain")[0]].spatial_dims == 3
+    overrides: dict = {"drop_path_rate": model_cfg.drop_path_rate}
+    if is_video:
+        if model_cfg.tubelet is not None:
+            overrides["tubelet"] = model_cfg.tubelet
+        if model_cfg.temporal_kernel is not None:
+            overrides["temporal_kernel"] = model_cfg.temporal_kernel
+    if task == "pretrain":
+        overrides.update(mask_type=model_cfg.mask_type, mask_ratio=model_cfg.mask_ratio,
+                         norm_pix_loss=model_cfg.norm_pix_loss, multiscale_decoder=model_cfg.multiscale_decoder)
+        model = create_model(f"{model_cfg.arch}_pretrain", **overrides)
+    else:
+        classes = model_cfg.num_classes or num_classes
+        if classes <= 0:
+            raise ValueError(f"model.num_classes: task {task!r} needs a class count > 0 (got {classes})")
+        model = create_model(f"{model_cfg.arch}_cls", num_classes=classes, **overrides)
+    model.set_grad_checkpointing(model_cfg.grad_checkpointing)
+    if model_cfg.pretrained:
+        from videoconvmae.models.checkpoint import load_pretrained
+
+        report = load_pretrained(model, model_cfg.pretrained)
+        print(f"loaded {model_cfg.pretrained}: {report.summary()}")
+    return model
+
+
+ENCODER_PREFIXES = ("patch_embed", "blocks1.", "blocks2.", "blocks3.", "norm.", "fc_norm.")
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """``encoder``: what Table 7 counts (patch embeds, the three stages, the final norm); ``total``: everything.
+
+    The multi-scale fusion convs (``stage*_output_decode``), the decoder and the head are not encoder: with the
+    fusion convs ConvMAE-B would be 88.8 M instead of the paper's 84 M; without them it is 84.5 M.
+    """
+    encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(ENCODER_PREFIXES))
+    return {"encoder": encoder, "total": sum(p.numel() for p in model.parameters())}

@@ -316,8 +316,7 @@ class ConvMAEClassifier(ConvMAEEncoder):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm layer-decay groups, as the official ``get_layer_id_for_vit``: embeds and stages 1-2 are layer 0,
-        ``blocks3.i`` is layer i+1, ``fc_norm`` / ``head`` the last layer."""
-        return dict(
-            stem=r"^patch_embed|^blocks[12]\.",
-            blocks=[(r"^blocks3\.(\d+)", None), (r"^fc_norm|^norm|^head", (99999,))],
-        )
+        ``blocks3.i`` is layer i+1, ``fc_norm`` / ``head`` the last layer. (They are left unmatched on purpose:
+        timm puts unmatched names in one final group, whereas its (99999,) suffix would merge them into the
+        last block.)"""
+        return dict(stem=r"^patch_embed|^blocks[12]\.", blocks=[(r"^blocks3\.(\d+)", None)])

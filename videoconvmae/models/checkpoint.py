@@ -1,0 +1,133 @@
+"""Load weights into a ConvMAE model: our checkpoints, official ConvMAE ones, and 2D weights inflated into 3D.
+
+Accepted inputs: a path (``.pt`` / ``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``) or an
+in-memory dict; the state dict may sit under ``model`` (ours, MAE / ConvMAE), ``state_dict`` or ``module``, or be
+bare; ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped.
+
+Official ConvMAE layout -> ours:
+- ``blocks{1,2}.i.attn`` (their depthwise conv, named attn) -> ``blocks{1,2}.i.dwconv``;
+- the 1x1 convs ``conv1``, ``conv2``, ``mlp.fc1``, ``mlp.fc2`` are ``[C_out, C_in, 1, 1]``: reshaped to Linear;
+- ``pos_embed`` / ``decoder_pos_embed`` (a fixed 224-px sin-cos table) are ignored: ours is computed per grid.
+
+2D -> 3D inflation (I3D style) where the target conv has one more (temporal) axis:
+- patch embeds and fusion convs (kernel = stride): the 2D kernel is repeated over the kT frames and divided by kT,
+  so a static clip gives exactly the image response (every frame of a tubelet carries signal, so none is dropped);
+- depthwise convs: centre initialisation (the 2D kernel on the centre tap, zeros elsewhere). Spreading would also
+  reproduce the image on a static clip, but only away from the clip ends: the zero temporal padding would scale
+  the first / last frames by (kT-1)/kT. Centre init makes the inflated model the image model applied frame by
+  frame, exactly, at every frame; temporal mixing is then learned. The position embedding needs no inflation:
+  the space-time sin-cos embedding equals the 2D one at t = 0 and is computed for any T.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+COMPUTED_KEYS = ("pos_embed", "decoder_pos_embed")  # fixed sin-cos tables: computed from the grid here
+WRAPPER_KEYS = ("model", "state_dict", "module")
+PREFIXES = ("module.", "_orig_mod.")
+OFFICIAL_DWCONV = re.compile(r"^(blocks[12]\.\d+\.)attn\.")
+
+
+@dataclass
+class LoadReport:
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not provide
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
+    mismatched: list[str] = field(default_factory=list)  # in both but with incompatible shapes: not loaded
+    converted: list[str] = field(default_factory=list)  # renamed / reshaped / inflated on the way in
+    ignored: list[str] = field(default_factory=list)  # deliberately dropped (fixed pos-embed tables)
+
+    def summary(self) -> str:
+        """One line: ``N missing, M unexpected, K converted; missing: a, b; ...``."""
+        counts = f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.converted)} converted"
+        details = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                   for name in ("missing", "unexpected", "mismatched") if (keys := getattr(self, name))]
+        return "; ".join([counts, *details])
+
+
+def read_state_dict(path_or_state: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
+    """The flat ``name -> tensor`` dict inside a checkpoint file or object; one clear line on bad input."""
+    source = str(path_or_state) if not isinstance(path_or_state, dict) else "state dict"
+    if isinstance(path_or_state, dict):
+        obj = path_or_state
+    else:
+        path = Path(path_or_state)
+        if not path.is_file():
+            raise ValueError(f"{path}: checkpoint file not found")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                obj = load_file(str(path))
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear line
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") \
+                from None
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{source}: expected a state dict of tensors (bare or under 'model'), "
+                         f"got {type(obj).__name__}")
+    state = {}
+    for name, value in obj.items():
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        state[name] = value
+    return state
+
+
+def _inflate(name: str, src: torch.Tensor, target_shape: torch.Size) -> torch.Tensor:
+    """A 2D conv kernel [O, I, kh, kw] -> 3D [O, I, kT, kh, kw] (see the module docstring for the rule)."""
+    k_t = target_shape[2]
+    if ".dwconv." in name:
+        out = src.new_zeros(target_shape)
+        out[:, :, k_t // 2] = src
+        return out
+    return src.unsqueeze(2).repeat(1, 1, k_t, 1, 1) / k_t
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
+                       report: LoadReport) -> dict[str, torch.Tensor]:
+    """Map official / 2D weights onto ``model``'s keys and shapes; shape conflicts go to ``report.mismatched``."""
+    targets = model.state_dict()
+    out = {}
+    for name, value in state.items():
+        if name in COMPUTED_KEYS:
+            report.ignored.append(name)
+            continue
+        new_name = OFFICIAL_DWCONV.sub(r"\1dwconv.", name)
+        target = targets.get(new_name)
+        if target is not None and value.shape != target.shape:
+            if value.ndim == target.ndim + 2 and value.shape[2:].numel() == 1 and value.shape[:2] == target.shape:
+                value = value.reshape(target.shape)  # official 1x1 conv -> Linear
+            elif value.ndim + 1 == target.ndim == 5 and value.shape[:2] == target.shape[:2] \
+                    and value.shape[2:] == target.shape[3:]:
+                value = _inflate(new_name, value, target.shape)
+            else:
+                report.mismatched.append(f"{name} {list(value.shape)} -> {list(target.shape)}")
+                continue
+            report.converted.append(name)
+        elif new_name != name:
+            report.converted.append(name)
+        out[new_name] = value
+    return out
+
+
+def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | dict) -> LoadReport:
+    """Load ours / official ConvMAE (full or encoder-only) / 2D-into-3D weights; returns what did not match."""
+    report = LoadReport()
+    state = convert_state_dict(read_state_dict(path_or_state), model, report)
+    result = model.load_state_dict(state, strict=False)
+    report.missing = list(result.missing_keys)
+    report.unexpected = list(result.unexpected_keys)
+    return report

@@ -8,17 +8,27 @@ from dataclasses import dataclass, field
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd | lars
-    base_lr: float = 1.5e-4  # lr per 256 samples; actual lr = base_lr * effective_batch / 256
+    base_lr: float = 1.5e-4  # lr per 256 videos/images; actual lr = base_lr * effective_batch / 256
     lr: float | None = None  # absolute lr; overrides base_lr scaling when set
     min_lr: float = 0.0  # floor of the cosine schedule
+    warmup_lr: float = 0.0  # lr at step 0; the warmup rises linearly from it
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.9  # SGD / LARS momentum
-    weight_decay: float = 0.05  # not applied to norms, biases, position embeddings
+    weight_decay: float = 0.05  # not applied to norms, biases, position embeddings, model.no_weight_decay()
     layer_decay: float | None = None  # layer-wise lr decay (finetuning); stages 1-2 at the lowest layer
-    warmup_epochs: float = 40.0  # linear warmup length, in epochs
+    warmup_epochs: float = 40.0  # linear warmup length, in epochs (per-iteration schedule)
     epochs: int = 800  # schedule length, in epochs
     clip_grad: float | None = None  # max gradient norm; None = no clipping
     accum_steps: int = 1  # micro-batches per optimizer step
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd", "lars"):
+            raise ValueError(f"optim.name: expected adamw|sgd|lars, got {self.name!r}")
+        if self.accum_steps < 1:
+            raise ValueError(f"optim.accum_steps: expected >= 1, got {self.accum_steps}")
+        if self.epochs < 1:
+            raise ValueError(f"optim.epochs: expected >= 1, got {self.epochs}")
 
 
 @dataclass
@@ -33,9 +43,21 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept on disk
     resume: str = "auto"  # auto (newest valid checkpoint in output_dir) | none | path to a checkpoint
     log_every_steps: int = 20  # JSONL / TensorBoard scalars every N steps
-    eval_every_epochs: int = 1  # finetune / linprobe: validation every N epochs
+    eval_every_epochs: int = 1  # finetune / linprobe: validation every N epochs (and after the last)
     max_nonfinite_steps: int = 20  # stop after this many consecutive non-finite losses
     ema: bool = False  # keep an exponential moving average of the weights (finetuning)
     ema_decay: float = 0.9999  # EMA decay per step
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    find_unused_parameters: bool = False  # DDP: allow parameters that get no gradient in a step
     progress: bool = True  # tqdm progress line on rank 0
+    tensorboard: bool = True  # write TensorBoard scalars to <output_dir>/tb on rank 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision: expected fp32|bf16|fp16, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device: expected auto|cpu|cuda, got {self.device!r}")
+        if self.dist_backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"train.dist_backend: expected auto|gloo|nccl, got {self.dist_backend!r}")
+        if self.ckpt_every_steps < 1 or self.keep_last < 1:
+            raise ValueError("train.ckpt_every_steps and train.keep_last: expected >= 1")

@@ -1,0 +1,178 @@
+"""The three training tasks on top of the generic loop: what model, loss, data and evaluation each uses.
+
+``run_task(cfg, stop_event)`` is the entry point of ``videoconvmae pretrain|finetune|linprobe`` and of the
+launch layer. When ``stop_event`` is set (preemption), the loop writes a checkpoint at the next step boundary
+and returns ``status="stopped"``; a later run with ``train.resume=auto`` continues exactly there.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from videoconvmae.config import Config, ConfigError
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, init_distributed
+from videoconvmae.engine.trainer import (
+    LossFn,
+    TaskParts,
+    Trainer,
+    autocast_for,
+    check_precision,
+    isolated_rng,
+    seed_everything,
+)
+
+TRAIN_TASKS = ("pretrain", "finetune", "linprobe")
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def pretrain_loss(generator: torch.Generator | None) -> LossFn:
+    """The pretrain model returns its own loss; masks are drawn from ``generator`` (saved in checkpoints)."""
+
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        return model(batch["input"], generator=generator)["loss"], {}
+
+    return loss_fn
+
+
+def classification_loss(mixup: Any, label_smoothing: float) -> LossFn:
+    """Mixup / CutMix -> soft targets -> SoftTargetCrossEntropy; otherwise (smoothed) cross entropy."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup is not None:
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(label_smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        x, y = batch["input"], batch["label"]
+        if mixup is not None:
+            x, y = mixup(x, y)
+        logits = model(x)
+        return criterion(logits.float(), y), {}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------- models
+def make_linear_probe(model: nn.Module) -> nn.Module:
+    """MAE's linear probe: frozen encoder, head = BatchNorm1d(affine=False) + Linear (weights std 0.01).
+
+    The classifier keeps its key layout; the head becomes ``head.0`` (BN statistics) and ``head.1`` (Linear).
+    """
+    linear = model.head
+    if not isinstance(linear, nn.Linear):
+        raise ValueError("linear probe: the classifier's head is not an nn.Linear")
+    nn.init.trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=1e-6), linear)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("head.")
+    return model
+
+
+def linear_probe_train_mode(model: nn.Module) -> None:
+    """Encoder in eval mode (frozen: no drop path, no statistics updates), the head trains."""
+    model.eval()
+    model.head.train()
+
+
+def build_task_model(cfg: Config, num_classes: int = 0) -> nn.Module:
+    """The module a task trains (also what eval should build to load a finetune / linprobe checkpoint)."""
+    from videoconvmae.models import build_model
+
+    try:
+        model = build_model(cfg.model, "pretrain" if cfg.task == "pretrain" else "finetune", num_classes)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if cfg.task == "linprobe":
+        model = make_linear_probe(model)
+    return model
+
+
+def dataset_num_classes(dataset: Dataset, cfg: Config) -> int:
+    for attr in ("num_classes",):
+        if isinstance(getattr(dataset, attr, None), int):
+            return getattr(dataset, attr)
+    for attr in ("class_names", "classes"):
+        names = getattr(dataset, attr, None)
+        if names is not None:
+            return len(names)
+    from videoconvmae.data import load_records
+
+    return len(load_records(cfg.data, "train")[1])
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def make_evaluator(cfg: Config, info: DistInfo, val_set: Dataset, collate_fn) -> Any:
+    """Single-view top-1 on the val split; every rank takes a disjoint interleaved share, counts are summed."""
+
+    def evaluate(model: nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
+        share = torch.utils.data.Subset(val_set, range(info.rank, len(val_set), info.world_size))
+        loader = DataLoader(share, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                            collate_fn=collate_fn)
+        sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # correct, count, loss sum
+        # The training RNG streams must not depend on whether / how often evaluation ran.
+        with isolated_rng(cfg.train.seed), torch.no_grad():
+            for batch in loader:
+                x, y = batch["input"].to(info.device), batch["label"].to(info.device)
+                with autocast_for(cfg.train.precision, info.device):
+                    logits = model(x).float()
+                sums[0] += (logits.argmax(-1) == y).sum()
+                sums[1] += len(y)
+                sums[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        all_reduce_sum(sums)
+        model.train(was_training)
+        n = max(float(sums[1]), 1.0)
+        return {"val_acc1": 100.0 * float(sums[0]) / n, "val_loss": float(sums[2]) / n, "val_count": int(sums[1])}
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
+    from videoconvmae import data as data_layer
+
+    mode = cfg.task
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank
+    train_set = data_layer.build_dataset(cfg.data, "train", mode)
+    num_classes = 0 if cfg.task == "pretrain" else (cfg.model.num_classes or dataset_num_classes(train_set, cfg))
+    model = build_task_model(cfg, num_classes).to(info.device)
+    seed_everything(cfg.train.seed + info.rank)
+    parts = TaskParts(model=model, train_set=train_set, loss_fn=None, collate_fn=data_layer.collate,  # type: ignore
+                      skip_stats=data_layer.SkipStats())
+    if cfg.task == "pretrain":
+        mask_gen = torch.Generator(device=info.device).manual_seed(cfg.train.seed * 1_000_003 + info.rank)
+        parts.generators = {"mask": mask_gen}
+        parts.loss_fn = pretrain_loss(mask_gen)
+        return parts
+    mixup = data_layer.build_mixup(cfg.data, num_classes) if cfg.task == "finetune" else None
+    parts.loss_fn = classification_loss(mixup, cfg.data.label_smoothing if cfg.task == "finetune" else 0.0)
+    if cfg.task == "linprobe":
+        parts.train_mode = linear_probe_train_mode
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        parts.ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    if cfg.data.val_annotation:
+        val_set = data_layer.build_dataset(cfg.data, "val", mode)
+        parts.evaluate = make_evaluator(cfg, info, val_set, data_layer.collate)
+    return parts
+
+
+def run_task(cfg: Config, stop_event: threading.Event | None = None) -> dict:
+    """Train ``cfg.task``; returns ``{"status": "completed" | "stopped", "step", "checkpoint", ...metrics}``."""
+    if cfg.task not in TRAIN_TASKS:
+        raise ConfigError(f"task: run_task trains {'|'.join(TRAIN_TASKS)}, got {cfg.task!r} (use videoconvmae eval)")
+    info = init_distributed(cfg.train.dist_backend, cfg.train.device)
+    check_precision(cfg.train.precision, info.device)
+    parts = build_parts(cfg, info)
+    return Trainer(cfg, parts, info).fit(stop_event)

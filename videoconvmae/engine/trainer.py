@@ -1,0 +1,395 @@
+"""The step loop: one generic loop for pretraining, finetuning and linear probing.
+
+It knows a model, a loss function ``loss_fn(model, batch) -> (loss, extras)``, a dataset, an optional
+evaluation hook and the run config — never the task's details, never Slurm. Everything about a step is a
+function of the step number: epoch = step // steps_per_epoch and the position in the epoch follows, so a
+resumed run continues with exactly the next batch, the same RNG states and the same schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from videoconvmae.config import Config, ConfigError, code_version, save_config, to_dict
+from videoconvmae.engine import checkpoint as ckpt_io
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum
+from videoconvmae.engine.logging import RunLogger
+from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, current_lr, plan_lr
+from videoconvmae.engine.sampler import ResumableSampler
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class TaskParts:
+    """What a task hands the loop."""
+
+    model: nn.Module  # the module whose state is trained and saved (unwrapped)
+    train_set: Dataset  # items -> collate_fn -> batch dict with "input" (and "label", "skips")
+    loss_fn: LossFn  # (model to call, batch on device) -> (scalar loss, extra scalars to log)
+    collate_fn: Callable | None = None  # DataLoader collate
+    evaluate: Callable[[nn.Module], dict] | None = None  # model -> metrics (called on every rank)
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved / restored with the RNG
+    train_mode: Callable[[nn.Module], None] | None = None  # sets train/eval modes (linprobe: frozen encoder)
+    skip_stats: Any = None  # data.SkipStats-like: update(skips), totals(), check(max_fraction)
+    ema: Any = None  # timm ModelEmaV3 (or alike): update(model, step), .module
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int):
+    """Seed python / numpy / torch for one data item, then put the caller's RNG states back."""
+    py, npy, pt = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(pt)
+
+
+class SeededItems(Dataset):
+    """Each item's augmentation RNG is seeded by (seed, epoch, index).
+
+    Why: worker processes draw augmentations from per-worker RNG streams, so which item gets which random
+    crop depends on worker count and on where the iterator started. Seeding per item makes a resumed
+    mid-epoch run (and any ``num_workers``) produce exactly the same batches.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        key = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % (2**63 - 1)
+        with isolated_rng(key):
+            return self.dataset[index]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: (_to_device(v, device) if k != "skips" else v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device (loss scaling); use train.precision=bf16 "
+                          "on CPU")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, parts: TaskParts, dist_info: DistInfo) -> None:
+        self.cfg, self.parts, self.dist = cfg, parts, dist_info
+        self.out = Path(cfg.train.output_dir)
+        check_precision(cfg.train.precision, dist_info.device)
+        tc, oc = cfg.train, cfg.optim
+        self.model = parts.model.to(dist_info.device)
+        if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(True)
+
+        self.batch_size, self.accum = cfg.data.batch_size, oc.accum_steps
+        self.sampler = ResumableSampler(len(parts.train_set), dist_info.rank, dist_info.world_size, shuffle=True,
+                                        seed=tc.seed)
+        self.steps_per_epoch = self.sampler.num_per_rank // (self.batch_size * self.accum)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} x optim.accum_steps={self.accum} x "
+                              f"{dist_info.world_size} processes is more than the {len(parts.train_set)} training "
+                              "items: not one optimizer step per epoch")
+        self.plan: LrPlan = plan_lr(oc, self.batch_size, dist_info.world_size, self.steps_per_epoch)
+        self.total_steps = self.plan.total_steps if tc.max_steps is None else min(tc.max_steps,
+                                                                                  self.plan.total_steps)
+        self.optimizer = build_optimizer(self.model, oc, self.plan.lr)
+        self.scheduler = build_scheduler(self.optimizer, oc, self.plan)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        self.items = SeededItems(parts.train_set, tc.seed)
+        self.resumed_from: str | None = None
+        self._resume()
+
+        wrapped: nn.Module = self.model
+        if dist_info.distributed:
+            ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.model, device_ids=ids,
+                                              find_unused_parameters=tc.find_unused_parameters)
+        self.ddp = wrapped if dist_info.distributed else None
+        self.forward_model = torch.compile(wrapped) if tc.compile else wrapped
+
+    # ------------------------------------------------------------------------------------------- state
+    def _rng_all_ranks(self) -> list[dict]:
+        mine = ckpt_io.rng_state(self.parts.generators)
+        if not self.dist.distributed:
+            return [mine]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        return gathered
+
+    def state_dict(self) -> dict:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "epoch_position": in_epoch * self.batch_size * self.accum,
+            "sampler": {"epoch": epoch, "position": in_epoch * self.batch_size * self.accum,
+                        "seed": self.sampler.seed, "world_size": self.dist.world_size},
+            "rng": {"world_size": self.dist.world_size, "ranks": self._rng_all_ranks()},
+            "nonfinite_steps": self.nonfinite_total,
+            "config": to_dict(self.cfg),
+            "code_version": code_version(),
+        }
+        if self.parts.ema is not None:
+            state["ema"] = self.parts.ema.module.state_dict()
+        return state
+
+    def save_checkpoint(self) -> Path:
+        """Every rank takes part (RNG gather); rank 0 writes."""
+        state = self.state_dict()
+        path = ckpt_io.checkpoint_path(self.out, self.step)
+        if self.dist.is_main:
+            ckpt_io.atomic_torch_save(state, path)
+            ckpt_io.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        if self.dist.distributed:
+            torch.distributed.barrier()
+        return path
+
+    def _resume(self) -> None:
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return
+        if mode == "auto":
+            found = ckpt_io.find_resume(self.out)
+            if found is None:
+                return
+            path, ckpt = found
+        else:
+            path = Path(mode)
+            if not path.is_file():
+                raise ConfigError(f"train.resume: checkpoint {mode!r} does not exist")
+            try:
+                ckpt = ckpt_io.load_checkpoint(path)
+            except Exception as e:
+                raise ConfigError(f"train.resume: cannot load {mode}: {str(e).splitlines()[0]}") from None
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.parts.ema is not None and "ema" in ckpt:
+            self.parts.ema.module.load_state_dict(ckpt["ema"])
+        self.step = int(ckpt["step"])
+        self.nonfinite_total = int(ckpt.get("nonfinite_steps", 0))
+        rng = ckpt["rng"]
+        if rng.get("world_size") == self.dist.world_size:
+            ckpt_io.set_rng_state(rng["ranks"][self.dist.rank], self.parts.generators)
+        else:
+            warnings.warn(f"{path}: saved with {rng.get('world_size')} processes, resuming with "
+                          f"{self.dist.world_size}: RNG streams are reseeded (data order is unchanged)",
+                          stacklevel=2)
+            seed_everything(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
+        self.resumed_from = str(path)
+
+    # ------------------------------------------------------------------------------------------- loop
+    def _loader(self, epoch: int, in_epoch_steps: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, in_epoch_steps * self.batch_size * self.accum)
+        self.items.epoch = epoch
+        nw = self.cfg.data.num_workers
+        # A dedicated generator: creating the iterator must not draw from the global RNG (resume exactness).
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + self.dist.rank)
+        return DataLoader(self.items, batch_size=self.batch_size, sampler=self.sampler, num_workers=nw,
+                          collate_fn=self.parts.collate_fn, drop_last=True, generator=gen,
+                          pin_memory=self.dist.device.type == "cuda", persistent_workers=False,
+                          prefetch_factor=2 if nw > 0 else None)
+
+    def _train_mode(self) -> None:
+        if self.parts.train_mode is not None:
+            self.parts.train_mode(self.model)
+        else:
+            self.model.train()
+
+    def _train_step(self, batches) -> dict:
+        """One optimizer step over ``accum`` micro-batches; returns scalars (loss, lr, grad_norm, clips)."""
+        tc, oc = self.cfg.train, self.cfg.optim
+        self.scheduler.step_update(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, clips, extras = [], 0, {}
+        for k in range(self.accum):
+            batch = _to_device(next(batches), self.dist.device)
+            if self.parts.skip_stats is not None and "skips" in batch:
+                self.parts.skip_stats.update(batch["skips"], len(batch["input"]))
+            clips += len(batch["input"])
+            last = k == self.accum - 1
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with autocast_for(tc.precision, self.dist.device):
+                    loss, extra = self.parts.loss_fn(self.forward_model, batch)
+                self.scaler.scale(loss.float() / self.accum).backward()
+            losses.append(loss.detach().float())
+            for key, v in extra.items():
+                extras[key] = extras.get(key, 0.0) + float(v) / self.accum
+        loss = torch.stack(losses).mean()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = oc.clip_grad if oc.clip_grad is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        # Ranks agree on skipping (a rank's NaN loss must not let the others step).
+        flags = torch.stack([(~torch.isfinite(loss)).float(),
+                             (~torch.isfinite(grad_norm)).float() if not self.scaler.is_enabled() else
+                             torch.zeros(()), loss.nan_to_num(0.0, 0.0, 0.0)]).to(self.dist.device)
+        all_reduce_sum(flags)
+        skipped = bool(flags[0] > 0 or flags[1] > 0)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.nonfinite_run = 0
+            if self.parts.ema is not None:
+                self.parts.ema.update(self.model, step=self.step)
+        return {"loss": float(loss), "loss_mean": float(flags[2]) / self.dist.world_size,
+                "lr": current_lr(self.optimizer), "grad_norm": float(grad_norm), "clips": clips, "skipped": skipped,
+                **extras}
+
+    def _stop_requested(self, stop_event: threading.Event | None) -> bool:
+        flag = torch.tensor([1.0 if stop_event is not None and stop_event.is_set() else 0.0],
+                            device=self.dist.device)
+        return bool(all_reduce_sum(flag)[0] > 0)
+
+    def _epoch_end(self, epoch: int, log: RunLogger) -> dict:
+        metrics: dict[str, Any] = {}
+        stats = self.parts.skip_stats
+        if stats is not None:
+            totals = stats.totals()
+            if self.dist.distributed:
+                gathered: list[Any] = [None] * self.dist.world_size
+                torch.distributed.all_gather_object(gathered, totals)
+                totals = {k: sum(t.get(k, 0) for t in gathered) for k in set().union(*gathered)}
+            metrics["skips"] = totals
+            stats.check(self.cfg.data.max_skip_fraction)
+        last_epoch = (epoch + 1) * self.steps_per_epoch >= self.total_steps
+        if self.parts.evaluate is not None and ((epoch + 1) % self.cfg.train.eval_every_epochs == 0 or last_epoch):
+            metrics.update(self.evaluate())
+        log.event("epoch", epoch=epoch, step=self.step, nonfinite_steps=self.nonfinite_total, **metrics)
+        return metrics
+
+    def evaluate(self) -> dict:
+        metrics = dict(self.parts.evaluate(self.model))
+        if self.parts.ema is not None:
+            metrics.update({f"ema_{k}": v for k, v in self.parts.evaluate(self.parts.ema.module).items()})
+        self._train_mode()
+        return metrics
+
+    def fit(self, stop_event: threading.Event | None = None) -> dict:
+        tc = self.cfg.train
+        log = RunLogger(self.out, self.dist.is_main, self.total_steps, self.step, tc.progress, tc.tensorboard)
+        if self.dist.is_main:
+            save_config(self.cfg, self.out / "config.yaml")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.event("start", task=self.cfg.task, step=self.step, effective_batch=self.plan.effective_batch,
+                  lr=self.plan.lr, steps_per_epoch=self.plan.steps_per_epoch, total_steps=self.total_steps,
+                  warmup_steps=self.plan.warmup_steps, world_size=self.dist.world_size, params=n_params,
+                  trainable_params=n_train, resumed_from=self.resumed_from or "", code_version=code_version())
+        status, metrics, last_ckpt = "completed", {}, None
+        window_t, window_clips, window_steps = time.perf_counter(), 0, 0
+        self._train_mode()
+        try:
+            while self.step < self.total_steps:
+                epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                batches = iter(self._loader(epoch, in_epoch))
+                for _ in range(in_epoch, self.steps_per_epoch):
+                    out = self._train_step(batches)
+                    self.step += 1
+                    window_clips += out["clips"] * self.dist.world_size
+                    window_steps += 1
+                    if self.nonfinite_run >= tc.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"stopping: {self.nonfinite_run} consecutive steps with a non-finite loss or gradient "
+                            f"(step {self.step}, {self.nonfinite_total} in total; train.max_nonfinite_steps="
+                            f"{tc.max_nonfinite_steps}); try a lower lr, optim.clip_grad, or train.precision=bf16")
+                    if self.step % tc.log_every_steps == 0 or self.step == self.total_steps:
+                        dt = max(time.perf_counter() - window_t, 1e-9)
+                        log.scalars(self.step, {"loss": out["loss_mean"], "lr": out["lr"],
+                                                "grad_norm": out["grad_norm"], "clips_per_s": window_clips / dt,
+                                                "epoch": epoch, "nonfinite_steps": self.nonfinite_total,
+                                                **{k: v for k, v in out.items()
+                                                   if k not in ("loss", "loss_mean", "lr", "grad_norm", "clips",
+                                                                "skipped")}})
+                        log.progress(window_steps, {"loss": out["loss_mean"], "lr": out["lr"],
+                                                    "clips/s": window_clips / dt})
+                        window_t, window_clips, window_steps = time.perf_counter(), 0, 0
+                    metrics["loss"] = out["loss_mean"]
+                    if self._stop_requested(stop_event):
+                        last_ckpt = self.save_checkpoint()
+                        status = "stopped"
+                        log.event("stopped", step=self.step, checkpoint=str(last_ckpt))
+                        return self._result(status, last_ckpt, metrics)
+                    if self.step % tc.ckpt_every_steps == 0:
+                        last_ckpt = self.save_checkpoint()
+                    if self.step >= self.total_steps:
+                        break
+                del batches
+                if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
+                    metrics.update(self._epoch_end(epoch, log))
+            if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}.pt"):
+                last_ckpt = self.save_checkpoint()
+            if self.dist.is_main:
+                ckpt_io.export_weights(self.model.state_dict(), to_dict(self.cfg), self.out)
+                if self.parts.ema is not None:
+                    ckpt_io.export_weights(self.parts.ema.module.state_dict(), to_dict(self.cfg), self.out,
+                                           stem="weights_ema")
+            log.event("done", step=self.step, checkpoint=str(last_ckpt), nonfinite_steps=self.nonfinite_total)
+            return self._result(status, last_ckpt, metrics)
+        finally:
+            log.close()
+
+    def _result(self, status: str, ckpt: Path | None, metrics: dict) -> dict:
+        return {"status": status, "step": self.step, "checkpoint": str(ckpt) if ckpt else None,
+                "nonfinite_steps": self.nonfinite_total, "output_dir": str(self.out),
+                "effective_batch": self.plan.effective_batch, "lr": self.plan.lr, **metrics}

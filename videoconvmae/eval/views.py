@@ -1,0 +1,153 @@
+"""Where the test views of a video sit, in time and space: the VideoMAE test protocol, generalised to T x S.
+
+Notation: a video has ``L`` frames of ``H x W`` pixels; the model takes clips of ``c`` frames
+(``data.num_frames``) of ``s x s`` pixels (``data.input_size``); ``q`` = ``data.short_side_size``;
+``T`` temporal and ``S`` spatial views; ``int`` truncates toward zero, as Python's ``int()``.
+
+Kinetics (dense sampling, VideoMAE ``kinetics.py`` test mode, stride ``r`` = ``data.sampling_rate``):
+    buffer = [0, r, 2r, ..., r * (ceil(L / r) - 1)], padded with its last element to at least c entries
+    B = len(buffer) = max(ceil(L / r), c)
+    step = max((B - c) / (T - 1), 0)                   (T > 1)
+    view k (k = 0..T-1) = buffer[int(k * step) : int(k * step) + c]
+  so the T clips are spread uniformly from the first to the last frame. T = 1 has no upstream
+  definition (it divides by zero); we take the centred clip, start = int(round((B - c) / 2)).
+
+Something-Something v2 (segment sampling, VideoMAE ``ssv2.py`` test mode, ``n`` = ``data.num_segments``):
+    tick = L / n
+    view k (k = 0..T-1), frame x (x = 0..n-1) = int(tick * x + tick * k / T)
+  For T = 2 this is exactly upstream: it samples ``int(tick * x)`` and ``int(tick / 2 + tick * x)``, sorts
+  the union and takes every other entry (``[k::2]``), i.e. the two interleaved samplings k = 0 and k = 1
+  (``tick * x <= tick * x + tick / 2 <= tick * (x + 1)`` keeps them interleaved after sorting). For T = 1 it
+  is upstream's ``[0::2]`` too; T > 2 generalises the offsets to k / T of a segment.
+
+Space (both datasets; VideoMAE ``video_transforms.Resize`` + the test-mode crop):
+    resize so the short side is q:  W < H -> (int(q * H / W), q),  else -> (q, int(q * W / H))
+    the long side is the height when H' >= W' (upstream's test, so a square frame counts as tall)
+    start_i = int(i * (long' - s) / (S - 1)) along the long side  (i = 0..S-1; upstream has s = q)
+    the short side is cut at its centre, int(round((short' - s) / 2)) (0 when s = q, as upstream)
+  S = 1 has no upstream definition either (it divides by zero); we take the centre crop,
+  int(round((long' - s) / 2)), as VideoMAE's validation ``CenterCrop``.
+
+Resampling to the test size is bilinear without antialiasing (``align_corners=False``), which is what
+upstream's ``cv2.resize(..., INTER_LINEAR)`` computes; it runs once per decoded frame, before cropping.
+Views are ordered temporal-major: view ``v = k * S + i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _centred(extent: int) -> int:
+    return int(round(extent / 2.0))
+
+
+def k400_temporal_views(num_video_frames: int, clip_len: int, sampling_rate: int, num_views: int) -> np.ndarray:
+    """Frame indices of the ``num_views`` dense clips: ``[num_views, clip_len]`` int64 (see module doc)."""
+    if num_video_frames < 1:
+        raise ValueError(f"a video with {num_video_frames} frames has no views")
+    buffer = list(range(0, num_video_frames, sampling_rate))
+    buffer += [buffer[-1]] * max(clip_len - len(buffer), 0)
+    extent = len(buffer) - clip_len
+    if num_views == 1:
+        starts = [_centred(extent)]
+    else:
+        step = max(1.0 * extent / (num_views - 1), 0)
+        starts = [int(k * step) for k in range(num_views)]
+    return np.array([buffer[s:s + clip_len] for s in starts], dtype=np.int64)
+
+
+def ssv2_temporal_views(num_video_frames: int, num_segments: int, num_views: int) -> np.ndarray:
+    """Frame indices of the ``num_views`` interleaved segment samplings: ``[num_views, num_segments]``."""
+    if num_video_frames < 1:
+        raise ValueError(f"a video with {num_video_frames} frames has no views")
+    tick = num_video_frames / float(num_segments)
+    return np.array([[int(tick * x + tick * k / num_views) for x in range(num_segments)]
+                     for k in range(num_views)], dtype=np.int64)
+
+
+def resized_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Frame size after resizing the short side to ``short_side`` (aspect kept, long side truncated)."""
+    if width < height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def spatial_crop_origins(height: int, width: int, crop: int, num_views: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of the ``num_views`` square crops of side ``crop`` in an already resized frame."""
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} does not fit in a {height}x{width} frame (data.short_side_size < input_size?)")
+    tall = height >= width
+    long_side, short_side = (height, width) if tall else (width, height)
+    if num_views == 1:
+        along = [_centred(long_side - crop)]
+    else:
+        step = 1.0 * (long_side - crop) / (num_views - 1)
+        along = [int(i * step) for i in range(num_views)]
+    across = _centred(short_side - crop)
+    return [(a, across) if tall else (across, a) for a in along]
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """All views of one video: which frames, resized to what, cropped where."""
+
+    frame_indices: np.ndarray  # [T, clip_len] source frame index of every temporal view
+    resized: tuple[int, int]  # (H', W') every frame is resized to before cropping
+    crop_origins: tuple[tuple[int, int], ...]  # (top, left) of every spatial view, in the resized frame
+    crop: int  # side of the square crop
+
+    @property
+    def num_views(self) -> int:
+        return len(self.frame_indices) * len(self.crop_origins)
+
+    def union(self) -> np.ndarray:
+        """The sorted distinct frames all views need: what one decode must read."""
+        return np.unique(self.frame_indices)
+
+
+def temporal_views(dataset: str, num_video_frames: int, *, clip_len: int, sampling_rate: int, num_segments: int,
+                   num_views: int) -> np.ndarray:
+    """Frame indices ``[T, frames per clip]`` of the temporal views (``dataset`` k400 | ssv2)."""
+    if dataset == "ssv2":
+        return ssv2_temporal_views(num_video_frames, num_segments, num_views)
+    return k400_temporal_views(num_video_frames, clip_len, sampling_rate, num_views)
+
+
+def plan_video_views(frame_indices: np.ndarray, height: int, width: int, *, short_side: int, crop: int,
+                     num_spatial: int) -> ViewPlan:
+    """The T x S views: the temporal views ``frame_indices`` of ``height x width`` frames, S crops each."""
+    size = resized_hw(height, width, short_side)
+    return ViewPlan(frame_indices, size, tuple(spatial_crop_origins(*size, crop, num_spatial)), crop)
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of float ``[N, C, H, W]`` to ``size`` (no antialias, as cv2 INTER_LINEAR)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+def cut_views(frames: np.ndarray, frame_ids: np.ndarray, plan: ViewPlan, mean: list[float],
+              std: list[float]) -> torch.Tensor:
+    """Every view of ``plan`` from one decode.
+
+    frames: uint8 ``[U, H, W, 3]``, the decoded frames ``frame_ids`` (sorted, distinct, a superset of
+    ``plan.union()``). Returns float ``[T * S, 3, clip_len, crop, crop]``, normalised, temporal-major.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = resize_frames(x, plan.resized)
+    x = x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
+    rows = torch.from_numpy(np.searchsorted(frame_ids, plan.frame_indices))  # [T, clip_len]
+    c = plan.crop
+    views = []
+    for t_rows in rows:
+        clip = x.index_select(0, t_rows)  # [clip_len, 3, H', W']
+        for top, left in plan.crop_origins:
+            views.append(clip[:, :, top:top + c, left:left + c].permute(1, 0, 2, 3))
+    return torch.stack(views)
+

@@ -1,0 +1,82 @@
+"""Masks, their upsampling, sin-cos position embeddings, the models CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from videoconvmae.cli import main
+from videoconvmae.models.layers import sincos_2d, sincos_3d
+from videoconvmae.models.masking import make_mask, num_visible, random_mask, tube_mask, upsample_keep, visible_indices
+
+
+def test_random_mask_hides_the_same_count_per_sample_and_replays_with_a_generator():
+    mask = random_mask(64, 196, 0.75, torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and mask.shape == (64, 196)
+    assert (mask.sum(1) == 196 - 49).all()
+    assert torch.equal(mask, random_mask(64, 196, 0.75, torch.Generator().manual_seed(0)))
+    assert not torch.equal(mask, random_mask(64, 196, 0.75, torch.Generator().manual_seed(1)))
+    # uniform over cells: each cell is hidden ~75% of the time over many draws
+    freq = random_mask(4000, 16, 0.75, torch.Generator().manual_seed(2)).float().mean(0)
+    assert (freq - 0.75).abs().max() < 0.04
+
+
+def test_tube_mask_shares_the_spatial_mask_over_time():
+    mask = tube_mask(3, (8, 14, 14), 0.9, torch.Generator().manual_seed(0)).reshape(3, 8, 196)
+    assert (mask == mask[:, :1]).all()
+    assert (mask[:, 0].sum(1) == 196 - num_visible(196, 0.9)).all()
+    assert num_visible(196, 0.9) == 19  # int(196 * 0.1) as the official code
+    rand = make_mask("random", 3, (8, 14, 14), 0.9, torch.Generator().manual_seed(0)).reshape(3, 8, 196)
+    assert not (rand == rand[:, :1]).all()  # space-time random: differs over time
+    with pytest.raises(ValueError, match="tube"):
+        make_mask("tube", 1, (14, 14), 0.9)
+    with pytest.raises(ValueError, match="block\\|tube\\|random"):
+        make_mask("grid", 1, (14, 14), 0.9)
+
+
+def test_upsampling_matches_the_official_repeat_permute():
+    mask = random_mask(2, 4 * 6, 0.5, torch.Generator().manual_seed(0))
+    ours = upsample_keep(mask.reshape(2, 4, 6), 4)
+    # Alpha-VL/ConvMAE: mask.reshape(-1,14,14).unsqueeze(-1).repeat(1,1,1,16).reshape(-1,14,14,4,4).permute(...)
+    theirs = mask.reshape(-1, 4, 6).unsqueeze(-1).repeat(1, 1, 1, 16).reshape(-1, 4, 6, 4, 4)
+    theirs = theirs.permute(0, 1, 3, 2, 4).reshape(2, 16, 24)
+    assert torch.equal(ours, theirs)
+    video = upsample_keep(mask.reshape(2, 1, 4, 6).expand(2, 3, 4, 6), 2)
+    assert video.shape == (2, 3, 8, 12) and torch.equal(video[:, 2], upsample_keep(mask.reshape(2, 4, 6), 2))
+
+
+def test_visible_indices_ascending_and_rectangular():
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    assert visible_indices(mask).tolist() == [[1, 3], [0, 1]]
+    with pytest.raises(ValueError, match="same number"):
+        visible_indices(torch.tensor([[True, False], [False, False]]))
+
+
+def test_2d_sincos_matches_mae_and_3d_at_t0_equals_2d():
+    dim, gh, gw = 32, 3, 5
+    grid = np.stack(np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32)), axis=0)
+
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    mae = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+    ours = sincos_2d(dim, (gh, gw))
+    np.testing.assert_allclose(ours.numpy(), mae, atol=1e-12)
+    three = sincos_3d(dim, (4, gh, gw)).reshape(4, gh * gw, dim)
+    assert torch.equal(sincos_3d(dim, (1, gh, gw)), ours)
+    assert torch.equal(three[0], ours)
+    assert (three[1:] - three[:1]).abs().amax(dim=(1, 2)).min() > 0.1  # time is encoded
+    flat = three.reshape(-1, dim)
+    assert torch.cdist(flat, flat).add(torch.eye(len(flat)) * 10).min() > 1e-3  # every position distinct
+
+
+def test_models_cli_prints_params_against_table7(capsys):
+    assert main(["models", "--params", "--filter", "convmae_base_pretrain"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("convmae_base_pretrain"))
+    encoder, total, paper, diff = line.split()[1:]
+    assert float(encoder) == pytest.approx(84.46, abs=0.01) and float(paper) == 84 and diff == "+0.5%"
+    assert "videoconvmae_base_pretrain" in out and float(total) > float(encoder)
+    assert main(["models"]) == 0
+    assert "videoconvmae_tiny_cls" in capsys.readouterr().out.split()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -12,17 +11,24 @@ class DataConfig:
     root: str = ""  # folder the annotation's video / image paths are relative to
     train_annotation: str = ""  # K400 CSV, SSV2 train.json, `<path> <label>` list, or image folder
     val_annotation: str = ""  # same formats, validation split
-    labels_file: str = ""  # SSV2 labels.json (name -> id); K400 maps sorted names itself
+    labels_file: str = ""  # SSV2 labels.json (name -> id; default: next to the JSON); K400: optional fixed names
+    k400_split_dir: str = ""  # K400 CSV: sub-folder of root holding the videos; '' = the CSV's split column
+    k400_label_dirs: bool = False  # K400 CSV: videos sit in <split dir>/<label>/ instead of <split dir>/
+    k400_video_ext: str = ".mp4"  # K400 CSV: file extension of <youtube_id>_<start>_<end>
+    ssv2_video_ext: str = ".webm"  # SSV2 JSON: file extension of <id>
     decoder: str = "decord"  # decord | pyav | torchcodec
     num_frames: int = 16  # frames per clip (T)
     sampling_rate: int = 4  # K400 dense sampling: stride between sampled frames
-    num_segments: int = 16  # SSV2 segment sampling: one frame per uniform segment
+    num_segments: int = 0  # SSV2 segment sampling: uniform segments, one frame each; 0 = num_frames
     input_size: int = 224  # crop size fed to the model
     short_side_size: int = 224  # eval: short side resized to this before the spatial crops
     batch_size: int = 8  # clips per process per optimizer micro-step
     num_workers: int = 4  # DataLoader worker processes
     pretrain_crop: str = "multiscale"  # multiscale (VideoMAE scales 1, .875, .75, .66) | rrc
-    flip: bool = True  # random horizontal flip (must be off for SSV2: its labels say left / right)
+    pretrain_rrc_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # pretrain rrc area range (MAE)
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # finetune / linprobe crop area range
+    rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # random resized crop aspect range
+    flip: bool = True  # random horizontal flip; never applied to ssv2 (its labels say left / right)
     randaug: str = "rand-m7-n4-mstd0.5-inc1"  # timm RandAugment spec for finetuning; '' = off
     reprob: float = 0.25  # random erasing probability (finetuning)
     mixup: float = 0.8  # mixup alpha (finetuning); 0 = off
@@ -32,5 +38,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (RGB)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (RGB)
     max_skip_fraction: float = 0.05  # fail the run when more than this fraction of samples is unreadable
-    decode_timeout_s: float = 60.0  # a single video decode taking longer than this counts as unreadable
-    limit_items: Optional[int] = None  # use only the first N annotation items (debugging)
+    max_retries: int = 10  # unreadable item: try this many deterministic replacements before failing
+    decode_timeout_s: float = 60.0  # a single video decode taking longer than this counts as unreadable; 0 = off
+    seed: int = 0  # seeds the deterministic choice of replacements for unreadable items
+    limit_items: int | None = None  # use only the first N annotation items (debugging)

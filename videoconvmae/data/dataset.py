@@ -1,0 +1,234 @@
+"""Datasets, the batch collate and skip accounting.
+
+``build_dataset(cfg, split, mode)`` -> a map-style Dataset whose item ``i`` is
+``{"input": float [C, T, S, S] (video) | [C, S, S] (image), or with repeated_aug R > 1 a leading [R, ...],
+"label": int, "index": i, "num_clips": R, "skips": {reason: count}}``; ``collate`` turns items into the batch
+``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: count}}``.
+
+Unreadable items (missing, empty, open_error, decode_error, timeout) are replaced inside the dataset by another
+item picked deterministically from (data.seed, index, attempt), so a run sees the same data whichever worker
+reads it; every failed read is counted in the item's ``skips``. ``SkipStats`` accumulates batches and
+``SkipStats.check(max_fraction)`` raises one ``DataError`` line when too much was skipped.
+
+Repeated augmentation: an item decodes its video ONCE and augments it R times (R = data.repeated_aug, train
+split only); ``label`` / ``index`` are repeated R times in the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from videoconvmae.config import ConfigError
+from videoconvmae.data.config import DataConfig
+from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
+from videoconvmae.data.sampling import dense_indices, segment_indices
+from videoconvmae.data.transforms import ClipTransform
+from videoconvmae.data.video import SKIP_REASONS, UnreadableError, check_file, decode_with_timeout, read_clip
+
+MODES = ("pretrain", "finetune", "linprobe")
+
+
+class DataError(ConfigError):
+    """Unusable data (nothing readable, too many unreadable items); the message is one line."""
+
+
+def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
+    """uint8 [1, H, W, 3]: an image file decoded with PIL (a clip of one frame)."""
+    check_file(path)
+
+    def work() -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"))[None]
+        except Exception as e:
+            raise UnreadableError("decode_error", path, f"{e.__class__.__name__}: {e}"[:200]) from None
+
+    from videoconvmae.data.video import DecodeTimeout
+
+    try:
+        return decode_with_timeout(work, timeout_s)
+    except DecodeTimeout as e:
+        raise UnreadableError("timeout", path, str(e)) from None
+
+
+class ClipDataset(Dataset):
+    """Video clips (k400 dense / ssv2 segment sampling) or images (imagefolder) with one mode's transform."""
+
+    def __init__(self, cfg: DataConfig, records: list[VideoRecord], class_names: list[str], split: str,
+                 mode: str, annotation: str = "") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {'|'.join(MODES)}, got {mode!r}")
+        _validate(cfg)
+        self.cfg, self.records, self.class_names = cfg, records, class_names
+        self.split, self.mode, self.annotation = split, mode, annotation
+        self.train = split == "train"
+        self.is_image = cfg.dataset == "imagefolder"
+        # SSV2 labels name directions ("from left to right"): a mirrored clip would carry the wrong label.
+        self.transform = ClipTransform(cfg, mode, self.train, allow_flip=cfg.dataset != "ssv2")
+        self.num_clips = max(1, cfg.repeated_aug) if self.train else 1
+        self._require_one_readable()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def save_class_names(self, path: str | os.PathLike) -> Path:
+        """JSON ``{"class_names", "class_to_idx"}`` of this dataset's label ids."""
+        return save_class_names(self.class_names, path)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def choose_indices(self, num_video_frames: int, fps: float = 0.0) -> np.ndarray:
+        cfg = self.cfg
+        if cfg.dataset == "ssv2":
+            return segment_indices(num_video_frames, cfg.num_segments or cfg.num_frames, self.train)
+        return dense_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, self.train)
+
+    def load(self, record: VideoRecord) -> np.ndarray:
+        """uint8 [T, H, W, 3] (T = 1 for images); raises UnreadableError."""
+        timeout = self.cfg.decode_timeout_s
+        if self.is_image:
+            return read_image(record.path, timeout)
+        return read_clip(record.path, self.cfg.decoder, self.choose_indices, timeout)
+
+    def replacement(self, index: int, attempt: int) -> int:
+        """The deterministic stand-in for unreadable item ``index`` at retry ``attempt``."""
+        return int(np.random.default_rng([self.cfg.seed, index, attempt]).integers(len(self.records)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skips: Counter[str] = Counter()
+        candidate, errors = index, []
+        for attempt in range(self.cfg.max_retries + 1):
+            record = self.records[candidate]
+            try:
+                frames = self.load(record)
+                break
+            except UnreadableError as e:
+                skips[e.reason] += 1
+                errors.append(str(e))
+                candidate = self.replacement(index, attempt)
+        else:
+            raise DataError(f"{self.annotation}: item {index} and its {self.cfg.max_retries} replacements are all "
+                            f"unreadable (last: {errors[-1]}); run `videoconvmae data check {self.annotation}`")
+        clips = [self._augment(frames) for _ in range(self.num_clips)]
+        x = clips[0] if self.num_clips == 1 else torch.stack(clips)
+        return {"input": x, "label": record.label, "index": index, "num_clips": self.num_clips,
+                "skips": dict(skips)}
+
+    def _augment(self, frames: np.ndarray) -> torch.Tensor:
+        x = self.transform(frames)
+        return x[:, 0] if self.is_image else x
+
+    def _require_one_readable(self) -> None:
+        """Fail now, naming the annotation, when not a single item can be read (wrong root, wrong format)."""
+        first_error = None
+        for record in self.records:
+            try:
+                if self.is_image:
+                    read_image(record.path, self.cfg.decode_timeout_s)
+                else:
+                    read_clip(record.path, self.cfg.decoder, lambda n, fps: [0], self.cfg.decode_timeout_s)
+                return
+            except UnreadableError as e:
+                first_error = first_error or e
+        raise DataError(f"{self.annotation}: none of its {len(self.records)} items is readable (first: "
+                        f"{first_error}); check data.root={self.cfg.root!r} and data.decoder={self.cfg.decoder}")
+
+
+def _validate(cfg: DataConfig) -> None:
+    checks = [
+        (cfg.num_frames >= 1, "data.num_frames", "an integer >= 1", cfg.num_frames),
+        (cfg.sampling_rate >= 1, "data.sampling_rate", "an integer >= 1", cfg.sampling_rate),
+        (cfg.num_segments >= 0, "data.num_segments", "0 (= num_frames) or a positive integer", cfg.num_segments),
+        (cfg.input_size >= 1, "data.input_size", "a positive integer", cfg.input_size),
+        (len(cfg.mean) == 3 and len(cfg.std) == 3 and min(cfg.std) > 0, "data.mean/std", "3 values each, std > 0",
+         (cfg.mean, cfg.std)),
+        (len(cfg.rrc_scale) == 2 and len(cfg.rrc_ratio) == 2 and len(cfg.pretrain_rrc_scale) == 2,
+         "data.rrc_scale/rrc_ratio/pretrain_rrc_scale", "[low, high]", (cfg.rrc_scale, cfg.rrc_ratio)),
+        (cfg.decoder in ("decord", "pyav", "torchcodec"), "data.decoder", "decord | pyav | torchcodec", cfg.decoder),
+        (cfg.max_retries >= 0, "data.max_retries", "an integer >= 0", cfg.max_retries),
+    ]
+    for ok, key, expected, got in checks:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+def build_dataset(cfg: DataConfig, split: str, mode: str) -> ClipDataset:
+    """The dataset of ``split`` (train | val) for ``mode`` (pretrain | finetune | linprobe)."""
+    records, class_names = load_records(cfg, split)
+    return ClipDataset(cfg, records, class_names, split, mode, annotation=annotation_path(cfg, split))
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items -> ``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: n}}``."""
+    inputs, labels, indices, skips = [], [], [], Counter()
+    for item in items:
+        r = item.get("num_clips", 1)
+        x = item["input"]
+        inputs.append(x if r > 1 else x.unsqueeze(0))
+        labels += [item["label"]] * r
+        indices += [item["index"]] * r
+        skips.update(item.get("skips", {}))
+    return {"input": torch.cat(inputs), "label": torch.tensor(labels, dtype=torch.long),
+            "index": torch.tensor(indices, dtype=torch.long), "skips": {k: v for k, v in skips.items() if v}}
+
+
+class SkipStats:
+    """Skipped reads per reason over a run; ``check`` fails past the allowed fraction of reads.
+
+    fraction = skipped reads / (delivered items + skipped reads); items are the distinct ``index`` values of a
+    batch (repeated-augmentation copies count once).
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.items = 0
+
+    def update(self, batch: dict[str, Any]) -> None:
+        self.counts.update({k: int(v) for k, v in batch.get("skips", {}).items()})
+        self.items += int(torch.unique(batch["index"]).numel())
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def fraction(self) -> float:
+        total = self.items + self.skipped
+        return self.skipped / total if total else 0.0
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"items": n, "skipped": n, "skipped/<reason>": n}`` for the metrics log."""
+        return {"items": self.items, "skipped": self.skipped,
+                **{f"skipped/{k}": self.counts[k] for k in sorted(self.counts)}}
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}: {self.counts[k]}" for k in SKIP_REASONS + tuple(
+            sorted(set(self.counts) - set(SKIP_REASONS))) if self.counts[k])
+        return (f"skipped {self.skipped} of {self.items + self.skipped} reads ({100 * self.fraction:.1f}%)"
+                + (f" — {reasons}" if reasons else ""))
+
+    def check(self, max_fraction: float, min_reads: int = 0) -> None:
+        """Raise DataError when the skipped fraction exceeds ``max_fraction`` (once ``min_reads`` reads were seen;
+        pass e.g. 100 when checking every step so one early bad batch does not end a run)."""
+        if self.items + self.skipped >= min_reads and self.fraction > max_fraction:
+            raise DataError(f"unreadable data: {self.summary()} exceeds data.max_skip_fraction={max_fraction}; "
+                            "run `videoconvmae data check ANNOTATION` to list the bad files")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "items": self.items}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts, self.items = Counter(state.get("counts", {})), int(state.get("items", 0))
+

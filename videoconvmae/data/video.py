@@ -1,0 +1,261 @@
+"""Video decoders behind one small interface: ``open_video(path, backend) -> VideoReader``.
+
+Backends: decord (default), PyAV, torchcodec. Each decodes with ONE thread (parallelism comes from DataLoader
+workers; on this machine a second decoder thread never helped). Frames are addressed by their index in
+presentation order, never by timestamp: the same indices give the same frames in every backend, and a
+variable-frame-rate file is sampled by frame count (a clip then spans a varying duration in seconds, which is
+also what VideoMAE's decord loader does).
+
+``get_frames`` accepts any indices (unsorted, repeated); each backend decodes the sorted unique set once.
+Every failure is an ``Exception`` (decord's DECORDError is not a RuntimeError): callers catch ``Exception``.
+``decode_with_timeout`` runs a decode in a watchdog thread so a hanging decoder cannot stall training.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav", "torchcodec")
+
+
+class VideoReader:
+    """An open video: ``num_frames``, ``fps`` and ``get_frames(indices) -> uint8 [T, H, W, 3]``."""
+
+    path: str
+    num_frames: int
+    fps: float
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 [len(indices), H, W, 3] RGB frames at ``indices`` (frame numbers in presentation order)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError(f"{self.path}: get_frames needs at least one index")
+        if idx.min() < 0 or idx.max() >= self.num_frames:
+            raise IndexError(f"{self.path}: frame indices {idx.min()}..{idx.max()} outside 0..{self.num_frames - 1}")
+        unique, inverse = np.unique(idx, return_inverse=True)
+        frames = self._decode_sorted(unique)
+        if len(frames) != len(unique):
+            raise RuntimeError(f"{self.path}: decoded {len(frames)} of {len(unique)} requested frames")
+        return frames[inverse]
+
+    def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DecordReader(VideoReader):
+    def __init__(self, path: str) -> None:
+        import decord
+
+        self.path = path
+        self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+        self.num_frames = len(self._vr)
+        self.fps = float(self._vr.get_avg_fps())
+
+    def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        return self._vr.get_batch(indices.tolist()).asnumpy()
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(VideoReader):
+    """Decodes forward from the start up to the last wanted frame.
+
+    Why not seek: PyAV seeks by timestamp, and mapping frame numbers to timestamps is exactly what goes wrong
+    on variable-frame-rate and badly muxed files; a forward decode of a short clip is cheap and always exact.
+    """
+
+    def __init__(self, path: str) -> None:
+        import av
+
+        self.path = path
+        self._container = av.open(path)
+        if not self._container.streams.video:
+            self._container.close()
+            raise ValueError(f"{path}: no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "SLICE"
+        stream.codec_context.thread_count = 1
+        self._stream = stream
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self.num_frames = int(stream.frames) or self._count_packets()
+
+    def _count_packets(self) -> int:
+        """Frame count when the container has none in its header (webm): one demux pass, no decoding."""
+        count = sum(1 for packet in self._container.demux(self._stream) if packet.size > 0)
+        self._container.seek(0, stream=self._stream)
+        return count
+
+    def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        self._container.seek(0, stream=self._stream)
+        wanted, last, out = set(indices.tolist()), int(indices[-1]), []
+        for i, frame in enumerate(self._container.decode(self._stream)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if i >= last:
+                break
+        return np.stack(out) if out else np.empty((0, 0, 0, 3), np.uint8)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class TorchCodecReader(VideoReader):
+    def __init__(self, path: str) -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        self.path = path
+        self._decoder = VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC", seek_mode="exact")
+        meta = self._decoder.metadata
+        self.num_frames = int(meta.num_frames or 0)
+        self.fps = float(meta.average_fps or 0.0)
+
+    def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        return self._decoder.get_frames_at(indices=indices.tolist()).data.numpy()
+
+    def close(self) -> None:
+        self._decoder = None
+
+
+_READERS: dict[str, Callable[[str], VideoReader]] = {
+    "decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchCodecReader,
+}
+
+
+def open_video(path: str | os.PathLike, backend: str = "decord") -> VideoReader:
+    """Open ``path`` with ``backend`` (decord | pyav | torchcodec); raises on a missing / unreadable file."""
+    if backend not in _READERS:
+        raise ValueError(f"data.decoder: expected one of {'|'.join(BACKENDS)}, got {backend!r}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    reader = _READERS[backend](path)
+    if reader.num_frames <= 0:
+        reader.close()
+        raise ValueError(f"{path}: no decodable frames")
+    return reader
+
+
+class DecodeTimeout(TimeoutError):
+    """A decode took longer than ``data.decode_timeout_s``."""
+
+
+T = TypeVar("T")
+_MAX_ABANDONED = 16  # hung decoder threads a process tolerates before it gives up
+
+
+class _Watchdog:
+    """One decode thread per process; the caller waits on it with a timeout.
+
+    Why a thread and not a subprocess: a thread hop costs tens of microseconds per decode, a process per decode
+    would cost milliseconds and a copy of every frame. A Python thread cannot be killed, so a decode that hangs
+    is abandoned (its thread keeps its memory until the decoder returns, if ever) and a fresh thread serves the
+    next decode; past ``_MAX_ABANDONED`` hung threads the process stops with a clear error instead of leaking
+    without bound. State is per process (DataLoader workers fork): the pid is checked on every call.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._pool: ThreadPoolExecutor | None = None
+        self.abandoned = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], T], timeout_s: float | None) -> T:
+        if not timeout_s or timeout_s <= 0:
+            return fn()
+        with self._lock:
+            if self._pid != os.getpid() or self._pool is None:
+                self._pid, self._pool, self.abandoned = os.getpid(), ThreadPoolExecutor(1, "decode"), 0
+            pool = self._pool
+        future = pool.submit(fn)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            with self._lock:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+                self.abandoned += 1
+                if self.abandoned > _MAX_ABANDONED:
+                    raise RuntimeError(f"{self.abandoned} video decodes hung past data.decode_timeout_s="
+                                       f"{timeout_s}; the decoder is stuck (try data.decoder=pyav)") from None
+            raise DecodeTimeout(f"decode took longer than data.decode_timeout_s={timeout_s}") from None
+
+
+_WATCHDOG = _Watchdog()
+
+
+def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
+    """``fn()`` run in the watchdog thread; raises ``DecodeTimeout`` after ``timeout_s`` (None / 0 = no limit)."""
+    return _WATCHDOG.run(fn, timeout_s)
+
+
+SKIP_REASONS = ("missing", "empty", "open_error", "decode_error", "timeout")
+
+
+class UnreadableError(Exception):
+    """A video / image that cannot be used; ``reason`` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, path: str, detail: str = "") -> None:
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason, self.path, self.detail = reason, path, detail
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0] if text else ''}"[:200]
+
+
+def check_file(path: str) -> None:
+    """Raise UnreadableError('missing' | 'empty') before any decoder is involved."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise UnreadableError("missing", path, "no such file") from None
+    if size == 0:
+        raise UnreadableError("empty", path, "zero bytes")
+
+
+def read_clip(path: str, backend: str, choose_indices: Callable[[int, float], Sequence[int]],
+              timeout_s: float | None = None) -> np.ndarray:
+    """Open, pick indices from (num_frames, fps), decode, close: one item's decode under one time limit.
+
+    Every failure becomes ``UnreadableError`` with the stage it failed in as its reason.
+    """
+    check_file(path)
+
+    def work() -> np.ndarray:
+        try:
+            reader = open_video(path, backend)
+        except Exception as e:  # decord's DECORDError is not a RuntimeError
+            raise UnreadableError("open_error", path, _describe(e)) from None
+        try:
+            frames = reader.get_frames(choose_indices(reader.num_frames, reader.fps))
+        except Exception as e:
+            raise UnreadableError("decode_error", path, _describe(e)) from None
+        finally:
+            reader.close()
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise UnreadableError("decode_error", path, f"got frames {frames.dtype} {tuple(frames.shape)}")
+        return frames
+
+    try:
+        return decode_with_timeout(work, timeout_s)
+    except DecodeTimeout as e:
+        raise UnreadableError("timeout", path, str(e)) from None

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class SlurmConfig:
-    cluster: str = "slurm"  # slurm | local | debug (the same job without Slurm)
+    cluster: str = "slurm"  # slurm | local (subprocesses on this machine) | debug (in this process): same job
     nodes: int = 1  # nodes per job
-    gpus_per_node: int = 8  # GPUs per node; one task per GPU
+    gpus_per_node: int = 8  # GPUs per node; one task per GPU (0 = a CPU job with one task per node)
     cpus_per_task: int = 10  # CPU cores per task (data workers + main)
     mem_gb: int = 0  # memory per node in GB; 0 = the cluster's default
     partition: str = ""  # Slurm partition; '' = the cluster's default
@@ -22,4 +22,9 @@ class SlurmConfig:
     job_name: str = "videoconvmae"  # job name shown by squeue
     array: int = 0  # eval: shard over this many array tasks (+ a merge job); 0 = no array
     array_parallelism: int = 64  # at most this many array tasks run at once
-    extra: list[str] = field(default_factory=list)  # extra sbatch options as key=value
+    extra: list[str] = field(default_factory=list)  # extra sbatch options as key=value (e.g. exclude=node1)
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun (module load, conda activate)
+    folder: str = ""  # submitit folder (pickles, %j logs); '' = <train.output_dir>/slurm
+    max_num_timeout: int = 3  # requeues allowed after hitting the time limit (preemptions are not counted)
+    python: str = ""  # command that runs python in the job (e.g. a container wrapper); '' = this interpreter
+    registry: str = ""  # jobs registry (JSON lines); '' = $VIDEOCONVMAE_JOBS or ~/.videoconvmae/jobs.jsonl

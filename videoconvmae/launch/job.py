@@ -1,0 +1,198 @@
+"""What submitit runs: a training run (checkpointable, requeued on preemption), an eval shard, a shard merge.
+
+Preemption and time limits — what submitit 1.5.4 does, and what we do instead
+-----------------------------------------------------------------------------
+``submitit/core/submission.py:process_job`` loads the pickled ``DelayedSubmission`` and, before calling it,
+installs ``JobEnvironment._handle_signals`` (``submitit/core/job_environment.py``):
+
+* SIGTERM and SIGCONT -> ``SignalHandler.bypass``: logged, otherwise ignored. Slurm sends SIGTERM on
+  preemption and on ``scancel``; ``SlurmJob._interrupt()`` sends SIGTERM then SIGUSR2.
+* SIGUSR2 (``#SBATCH --signal=USR2@<slurm.signal_delay_s>`` before the time limit, or a preemption) ->
+  ``SignalHandler.checkpoint_and_try_requeue``. It runs inside the signal handler, i.e. in the middle of
+  whatever Python was doing (a forward pass, half an optimizer step): it calls the callable's ``checkpoint()``,
+  dumps the DelayedSubmission it returns over the submitted pickle, runs ``scontrol requeue <job id>`` and
+  ``sys.exit(-1)`` (no result pickle, so ``job.result()`` keeps waiting for the requeued run).
+  Time-out vs preemption is a guess from wall time (``has_timed_out``: ran >= min(0.8 x limit, limit - 10 min));
+  only time-outs count down ``max_num_timeout`` (stored in the pickle), preemptions requeue without limit.
+  Only global rank 0 requeues; other ranks return from the handler.
+
+A checkpoint written from there could hold a half-applied step. So ``RunJob.__call__`` swaps the SIGUSR2
+handler, for the duration of the run, for one that only sets the ``stop_event`` given to ``engine.run_task``.
+The engine finishes the step it is in, writes its checkpoint atomically and returns ``status="stopped"``; only
+then, at that step boundary, the job calls submitit's own ``checkpoint_and_try_requeue`` (same countdown rules,
+same pickle, same ``scontrol requeue``, same exit without a result). The requeued job unpickles the same RunJob
+and ``train.resume=auto`` loads the newest checkpoint: step count, data position and RNG states come from the
+checkpoint, so the resumed run ends with the weights an uninterrupted run would have. Ranks other than 0 stop at
+the same step (the engine's concern) and exit without a result; rank 0 requeues the whole job. SIGTERM stays
+submitit's bypass: ``scancel`` sends it too, and a cancelled job must not requeue itself.
+
+``slurm.cluster=local`` uses the same path (submitit's local controller sends SIGUSR2 before ``timeout_min``
+and restarts the job when it exits with the requeue code). ``debug`` runs in the caller's process: no signals.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import submitit
+from submitit.core.job_environment import SignalHandler
+from submitit.core.utils import DelayedSubmission
+
+from videoconvmae.config import Config, from_dict
+
+# Which function each task runs: the same entry points as `videoconvmae <task> PRESET ...`.
+TRAIN_ENTRY = "videoconvmae.engine.tasks:run_task"
+EVAL_ENTRY = "videoconvmae.eval.multiview:run_eval"
+MERGE_ENTRY = "videoconvmae.eval.merge:merge_shards"
+
+
+def resolve(entry: str | Callable) -> Callable:
+    """``"package.module:function"`` -> the function (imported in the job, not at submission)."""
+    if callable(entry):
+        return entry
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _submitit_environment() -> submitit.JobEnvironment | None:
+    """The job environment when running as a pickled slurm / local job (not debug, not outside submitit)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local") or "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    return submitit.JobEnvironment()
+
+
+def _export_local_ranks(env: submitit.JobEnvironment | None) -> None:
+    """A multi-task ``local`` job: give each task the torchrun variables the engine's init_distributed reads.
+
+    Slurm jobs need nothing here: init_distributed reads SLURM_PROCID / SLURM_NTASKS / the node list itself.
+    """
+    if env is None or env.cluster != "local" or env.num_tasks <= 1:
+        return
+    job = str(env.job_id)
+    os.environ.setdefault("RANK", str(env.global_rank))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.num_tasks))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(20000 + int("".join(c for c in job if c.isdigit()) or 0) % 20000))
+
+
+class StopOnSignal:
+    """Inside a submitit job: the preemption / time-limit signal sets ``stop_event`` instead of exiting mid-step.
+
+    ``requeue()`` then does what submitit's handler would have done, at a step boundary.
+    """
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+        self.signum: int | None = None
+        self._env = _submitit_environment()
+        self._handler: SignalHandler | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnSignal:
+        if self._env is None or threading.current_thread() is not threading.main_thread():
+            return self
+        paths = self._env.paths
+        delayed = DelayedSubmission.load(paths.submitted_pickle)  # for its time-out countdown and checkpoint()
+        self._handler = SignalHandler(self._env, paths, delayed)
+        self._previous = signal.signal(self._env._usr_sig(), self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handler is not None and self._env is not None:
+            signal.signal(self._env._usr_sig(), self._previous)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.stop_event.set()
+
+    @property
+    def signalled(self) -> bool:
+        return self.signum is not None and self._handler is not None
+
+    def requeue(self) -> None:
+        """Checkpoint the submission and requeue it (rank 0), then exit without a result. Never returns.
+
+        Raises submitit's UncompletedJobError (the job fails with that one line) when the time-out countdown is
+        spent.
+        """
+        assert self._handler is not None and self.signum is not None
+        name = signal.Signals(self.signum).name
+        print(f"[launch] {name} received: checkpoint written at a step boundary; requeueing", flush=True)
+        self._handler.checkpoint_and_try_requeue(self.signum)  # rank 0: requeues and sys.exit(-1)
+        sys.exit(-1)  # other ranks: the requeue restarts them too; no result for this attempt
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One training run (pretrain / finetune / linprobe): ``run_task(cfg, stop_event)``, requeued on preemption.
+
+    The config travels as a plain dict (rebuilt and validated with ``config.from_dict`` in the job); ``entry``
+    is the function to run (the engine's ``run_task`` unless a test passes another with the same contract).
+    """
+
+    def __init__(self, cfg: Config | dict, entry: str | Callable = TRAIN_ENTRY) -> None:
+        self.cfg = cfg if isinstance(cfg, dict) else _as_dict(cfg)
+        self.entry = entry
+
+    def __call__(self) -> dict:
+        cfg = from_dict(self.cfg)
+        with StopOnSignal() as guard:
+            _export_local_ranks(guard._env)
+            result = resolve(self.entry)(cfg, stop_event=guard.stop_event)
+            if result.get("status") == "stopped" and guard.signalled:
+                guard.requeue()
+        return result
+
+
+class EvalJob:
+    """One multi-view evaluation (or one shard of it, ``eval.shard=i/n``): ``run_eval(cfg)``."""
+
+    def __init__(self, cfg: Config | dict, entry: str | Callable = EVAL_ENTRY) -> None:
+        self.cfg = cfg if isinstance(cfg, dict) else _as_dict(cfg)
+        self.entry = entry
+
+    def __call__(self) -> dict:
+        _export_local_ranks(_submitit_environment())
+        return resolve(self.entry)(from_dict(self.cfg))
+
+
+class MergeJob:
+    """Merges the shard outputs of an eval array: ``merge_shards(<each shard's output folder>)``.
+
+    Runs after the array (Slurm ``afterok`` dependency); reads each shard job's result through submitit, so it
+    needs no knowledge of how the eval layer names its files.
+    """
+
+    def __init__(self, shard_jobs: list, entry: str | Callable = MERGE_ENTRY) -> None:
+        self.shard_jobs = shard_jobs
+        self.entry = entry
+
+    def __call__(self) -> dict:
+        paths = [shard_result_path(job_result(job)) for job in self.shard_jobs]
+        return resolve(self.entry)(paths)
+
+
+def job_result(job: submitit.Job) -> Any:
+    """``job.result()``; a debug job runs here directly (submitit's DebugJob drops into pdb on an error)."""
+    if isinstance(job, submitit.DebugJob):
+        return job.submission().result()
+    return job.result()
+
+
+def shard_result_path(result: dict) -> str:
+    """The folder an eval shard wrote its report to, from ``run_eval``'s returned summary."""
+    if not result.get("out_dir"):
+        raise KeyError(f"eval shard result has no out_dir (keys: {', '.join(sorted(result))})")
+    return str(result["out_dir"])
+
+
+def _as_dict(cfg: Config) -> dict:
+    from videoconvmae.config import to_dict
+
+    return to_dict(cfg)

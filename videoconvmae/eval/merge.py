@@ -82,9 +82,11 @@ def merge_shards(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
         raise MergeError(f"the shards cover {len(owner)} items, the evaluation set has {total}")
     k = len(reports[0][1]["class_names"])
     out = Path(out_dir) if out_dir is not None else reports[0][0].parent
-    return write_report(
+    summary = write_report(
         out, video_ids=ids, labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
         class_names=reports[0][1]["class_names"], unreadable=unreadable, run=run,
         shard={"index": 0, "count": 1, "merged_from": [str(p) for p, _ in reports]},
         confusion_max_classes=reports[0][1]["options"]["confusion_max_classes"])
+    summary["out_dir"] = str(out)
+    return summary

@@ -1,0 +1,178 @@
+"""run_eval end to end on the synthetic dataset with a tiny classifier: one decode per video, exact shard +
+merge, unreadable videos listed and counted, SSV2 / image modes, the CLI forms."""
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import videoconvmae.data.video as video_io
+from videoconvmae.cli import main
+from videoconvmae.config import load_config, to_dict
+from videoconvmae.data.records import load_records
+from videoconvmae.eval.inputs import ViewsDataset
+from videoconvmae.eval.merge import merge_shards
+from videoconvmae.eval.metrics import load_predictions
+from videoconvmae.eval.multiview import run_eval, view_spec
+from videoconvmae.eval.views import k400_temporal_views
+from videoconvmae.models import build_model
+
+METRIC_KEYS = ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable", "num_assigned")
+
+
+def _tiny_config(synth_root, dataset="k400", arch="videoconvmae_tiny", extra=()):
+    data = {
+        "k400": [f"data.root={synth_root}/k400", f"data.train_annotation={synth_root}/k400/train.csv",
+                 f"data.val_annotation={synth_root}/k400/val.csv"],
+        "ssv2": ["data.dataset=ssv2", f"data.root={synth_root}/ssv2/videos",
+                 f"data.train_annotation={synth_root}/ssv2/train.json",
+                 f"data.val_annotation={synth_root}/ssv2/validation.json"],
+        "imagefolder": ["data.dataset=imagefolder", f"data.train_annotation={synth_root}/imagenet/train",
+                        f"data.val_annotation={synth_root}/imagenet/val"],
+    }[dataset]
+    return load_config(None, ["task=finetune", f"model.arch={arch}", "data.num_frames=4", "data.sampling_rate=2",
+                              "data.input_size=32", "data.short_side_size=32", "data.num_workers=0",
+                              "train.progress=false", *data, *extra])
+
+
+def _checkpoint(path, cfg, num_classes, seed=0):
+    """A tiny classifier in the exported-weights format. The random encoder's features of different videos are
+    nearly parallel, so a random head predicts one class for all; instead the head is a nearest-class-mean
+    classifier on the train split's centre views (centred, unit rows), which makes predictions vary by video."""
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, "finetune", num_classes).eval()
+    single = copy.deepcopy(cfg)
+    single.eval = dataclasses.replace(cfg.eval, num_temporal_views=1, num_spatial_views=1)
+    records, _ = load_records(cfg.data, "train")
+    ds = ViewsDataset(records, list(range(len(records))), view_spec(single))
+    with torch.no_grad():
+        feats = torch.stack([model.forward_features(ds[i]["views"]).mean(0) for i in range(len(ds))])
+        labels = torch.tensor([r.label for r in records])
+        means = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
+        w = means - feats.mean(0)
+        model.head.weight.copy_(20 * w / w.norm(dim=1, keepdim=True))
+        model.head.bias.zero_()
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def k400(synth_root, tmp_path_factory):
+    cfg = _tiny_config(synth_root)
+    ckpt = _checkpoint(tmp_path_factory.mktemp("ckpt") / "weights.pt", cfg, 5)
+    cfg.task, cfg.eval.checkpoint = "eval", ckpt
+    return cfg
+
+
+def _with(cfg, **eval_fields):
+    cfg = copy.deepcopy(cfg)
+    cfg.eval = dataclasses.replace(cfg.eval, **eval_fields)
+    return cfg
+
+
+def test_each_video_decoded_once(k400, tmp_path, monkeypatch):
+    opened, requested = [], []
+    real_open = video_io.open_video
+
+    def counting_open(path, backend="decord"):
+        reader = real_open(path, backend)
+        opened.append(str(path))
+        real_get = reader.get_frames
+
+        def counting_get(indices):
+            requested.append(list(indices))
+            return real_get(indices)
+
+        reader.get_frames = counting_get
+        return reader
+
+    monkeypatch.setattr(video_io, "open_video", counting_open)
+    summary = run_eval(_with(k400, out_dir=str(tmp_path), num_temporal_views=5, num_spatial_views=3))
+    assert summary["num_evaluated"] == 10 and summary["num_unreadable"] == 0
+    assert len(opened) == 10 and len(set(opened)) == 10  # one open per video ...
+    assert len(requested) == 10  # ... and one get_frames call, for all 15 views
+    union = np.unique(k400_temporal_views(20, 4, 2, 5)).tolist()  # the synthetic clips have 20 frames
+    assert all(r == union for r in requested)
+    assert "over 10 videos" in summary["headline"]
+
+
+@pytest.mark.parametrize("mode", ["contiguous", "strided"])
+def test_three_shards_merged_equal_the_unsharded_run(k400, tmp_path, mode):
+    full = run_eval(_with(k400, out_dir=str(tmp_path / "full"), shard_mode=mode, batch_videos=4))
+    shards = [run_eval(_with(k400, out_dir=str(tmp_path / "sharded"), shard=f"{i}/3", shard_mode=mode,
+                             batch_videos=2))["out_dir"] for i in range(3)]
+    assert sorted(p.split("/")[-1] for p in shards) == ["shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
+    merged = merge_shards(shards)
+    for key in METRIC_KEYS:
+        assert merged[key] == full[key], key
+    a_ids, a_labels, a_scores = load_predictions(tmp_path / "full" / "predictions.npz")
+    b_ids, b_labels, b_scores = load_predictions(tmp_path / "sharded" / "predictions.npz")
+    order = [b_ids.index(v) for v in a_ids]
+    assert sorted(a_ids) == sorted(b_ids) and len(set(a_ids)) == 10
+    assert np.array_equal(a_labels, b_labels[order])
+    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)
+    assert len(np.unique(a_scores.argmax(1))) > 1  # the model's predictions depend on the video
+
+
+def test_missing_shard_is_an_error(k400, tmp_path):
+    for i in (0, 2):
+        run_eval(_with(k400, out_dir=str(tmp_path), shard=f"{i}/3"))
+    assert main(["eval", "merge", str(tmp_path / "shard-0-of-3"), str(tmp_path / "shard-2-of-3")]) == 2
+    assert main(["eval", "merge", str(tmp_path / "shard-0-of-3"), str(tmp_path / "shard-0-of-3"),
+                 str(tmp_path / "shard-2-of-3")]) == 2
+
+
+def test_unreadable_videos_are_listed_and_counted(k400, synth_root, tmp_path):
+    lines = (synth_root / "k400" / "val.txt").read_text().splitlines()
+    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    lines += [f"{tmp_path / 'corrupt.mp4'} 1", f"{tmp_path / 'missing.mp4'} 0"]
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    cfg = _with(k400, out_dir=str(tmp_path / "out"))
+    cfg.data.val_annotation = str(listing)
+    cfg.data.train_annotation = str(synth_root / "k400" / "train.txt")  # the list form takes classes from both
+    summary = run_eval(cfg)
+    assert (summary["num_evaluated"], summary["num_unreadable"], summary["num_assigned"]) == (10, 2, 12)
+    assert "over 10 videos; 2 unreadable videos not counted" in summary["headline"]
+    bad = {u["path"].rsplit("/", 1)[-1]: u["error"] for u in summary["unreadable"]}
+    assert set(bad) == {"corrupt.mp4", "missing.mp4"} and "no such file" in bad["missing.mp4"]
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["num_unreadable"] == 2 and len(saved["unreadable"]) == 2
+
+
+def test_ssv2_two_by_three_and_image_mode(synth_root, tmp_path):
+    cfg = _tiny_config(synth_root, "ssv2", extra=["data.num_segments=4"])
+    cfg.task, cfg.eval.checkpoint, cfg.eval.out_dir = "eval", _checkpoint(tmp_path / "s.pt", cfg, 5), str(tmp_path)
+    summary = run_eval(cfg)
+    assert summary["run"]["views"] == [2, 3] and summary["num_evaluated"] == 10  # paper protocol for ssv2
+
+    cfg = _tiny_config(synth_root, "imagefolder", arch="convmae_tiny", extra=["data.short_side_size=36"])
+    cfg.task, cfg.eval.checkpoint = "eval", _checkpoint(tmp_path / "i.pt", cfg, 5)
+    cfg.eval.out_dir, cfg.eval.num_spatial_views = str(tmp_path / "img"), 1
+    summary = run_eval(cfg)
+    assert summary["run"]["protocol"] == "single centre crop" and summary["num_evaluated"] == 10
+    assert "over 10 images" in summary["headline"]
+
+
+def test_cli_checkpoint_form_uses_the_saved_config(k400, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["eval", k400.eval.checkpoint, f"eval.out_dir={out}", "eval.num_temporal_views=2",
+                 "eval.num_spatial_views=1", "data.num_workers=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 10 videos" in printed and "2x1 views" in printed
+    assert json.loads((out / "metrics.json").read_text())["run"]["views"] == [2, 1]
+    assert main(["eval", k400.eval.checkpoint, "eval.bogus=1"]) == 2
+    assert "unknown config key 'eval.bogus'" in capsys.readouterr().err
+
+
+def test_multiview_vs_single_view_top1_printed(k400, tmp_path):
+    multi = run_eval(_with(k400, out_dir=str(tmp_path / "m"), num_temporal_views=5, num_spatial_views=3))
+    single = run_eval(_with(k400, out_dir=str(tmp_path / "s"), num_temporal_views=1, num_spatial_views=1))
+    print(f"\ntiny model, synthetic K400 val: 5x3-view top-1 {multi['top1']:.1f}%  "
+          f"single-view top-1 {single['top1']:.1f}%")
+    a = load_predictions(tmp_path / "m" / "predictions.npz")[2]
+    b = load_predictions(tmp_path / "s" / "predictions.npz")[2]
+    assert not np.allclose(a, b)  # the views are different inputs, not 15 copies of one clip

@@ -1,0 +1,129 @@
+"""``videoconvmae eval``: multi-view evaluation and shard merging.
+
+    videoconvmae eval PRESET [key.sub=value ...]               checkpoint from eval.checkpoint=PATH
+    videoconvmae eval CHECKPOINT [PRESET] [key.sub=value ...]  config from the checkpoint, PRESET on top
+    videoconvmae eval merge SHARD_DIR [SHARD_DIR ...] [--out DIR]
+
+The first word is a CHECKPOINT when it is an existing file that is not YAML: the run then starts from the
+config saved inside it (the finetuning run's data, model and output folder), a PRESET such as ``eval_ssv2``
+(optional, e.g. to evaluate on another dataset or protocol) and then the overrides are applied on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from videoconvmae.cli import UserError, config_from_args
+from videoconvmae.config import Config, ConfigError, _one_line, _read_preset, find_preset, parse_override
+
+USAGE = """videoconvmae eval PRESET [key.sub=value ...]
+       videoconvmae eval CHECKPOINT [PRESET] [key.sub=value ...]
+       videoconvmae eval merge SHARD_DIR [SHARD_DIR ...] [--out DIR]"""
+
+
+def _is_checkpoint(word: str) -> bool:
+    path = Path(word)
+    return "=" not in word and path.is_file() and path.suffix not in (".yaml", ".yml")
+
+
+def _saved_config(path: str) -> dict:
+    """The config dict inside a checkpoint ({} when it has none), read without loading every tensor."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__})") from None
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return saved if isinstance(saved, dict) else {}
+
+
+def config_from_checkpoint(checkpoint: str, preset: str | None, overrides: list[str]) -> Config:
+    """Schema <- the checkpoint's saved config <- PRESET chain <- task=eval, eval.checkpoint <- overrides."""
+    layers: list[tuple[str, dict]] = [(f"{checkpoint} (saved config)", _saved_config(checkpoint))]
+    if preset:
+        layers += [(str(path), data) for path, data in _read_preset(find_preset(preset))]
+    layers.append(("eval command", {"task": "eval", "eval": {"checkpoint": checkpoint}}))
+    merged = OmegaConf.structured(Config)
+    for source, data in layers:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e, source)) from None
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e, f"override {text!r}")) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as e:
+        msg = _one_line(e, "config") if isinstance(e, OmegaConfBaseException) else f"config: {e}"
+        raise ConfigError(msg) from None
+
+
+def eval_config(words: list[str]) -> Config:
+    if not words:
+        raise UserError("eval: expected a PRESET, a CHECKPOINT or `merge` (see videoconvmae eval --help)")
+    if _is_checkpoint(words[0]):
+        rest = words[1:]
+        preset = rest.pop(0) if rest and "=" not in rest[0] else None
+        return config_from_checkpoint(words[0], preset, rest)
+    return config_from_args(argparse.Namespace(preset=words[0], overrides=words[1:]), task="eval")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.words and args.words[0] == "merge":
+        return _merge(args.words[1:], args.out)
+    if args.out:
+        raise UserError("eval: --out belongs to `eval merge`; for a run use eval.out_dir=DIR")
+    cfg = eval_config(args.words)
+    from videoconvmae.data.records import AnnotationError
+    from videoconvmae.eval.multiview import run_eval
+
+    try:
+        summary = run_eval(cfg)
+    except AnnotationError as e:
+        raise UserError(str(e)) from None
+    print(f"{summary['headline']}\nwrote {summary['out_dir']}")
+    return _check_unreadable(summary, cfg.data.max_skip_fraction)
+
+
+def _check_unreadable(summary: dict, max_fraction: float) -> int:
+    bad, total = summary["num_unreadable"], summary["num_assigned"]
+    if total and bad / total > max_fraction:
+        first = summary["unreadable"][0]
+        print(f"error: {bad} of {total} items unreadable (> data.max_skip_fraction={max_fraction}); first: "
+              f"{first['path']}: {first['error']} (all listed in {summary['files']['metrics']})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _merge(shards: list[str], out: str | None) -> int:
+    from videoconvmae.eval.merge import MergeError, merge_shards
+
+    if not shards:
+        raise UserError("eval merge: expected one or more shard output folders")
+    try:
+        summary = merge_shards(shards, out)
+    except (MergeError, FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(f"{summary['headline']}\nmerged {len(shards)} shards into {summary['out_dir']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="multi-view evaluation of a finetuned checkpoint; `eval merge` combines shards",
+        usage=USAGE, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="*", metavar="ARG",
+                   help="PRESET | CHECKPOINT [PRESET], then key.sub=value overrides; or: merge SHARD_DIR ...")
+    p.add_argument("--out", default=None, help="eval merge: folder for the merged report (default: the "
+                                                "parent of the first shard folder)")
+    p.set_defaults(func=_run)

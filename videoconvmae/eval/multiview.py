@@ -1,0 +1,246 @@
+"""``run_eval(cfg)``: multi-view evaluation of a finetuned checkpoint on one shard of a dataset.
+
+Per video: one decode, all T x S views cut from it and classified in the same forward as the views of
+``eval.batch_videos - 1`` other videos, the per-view softmax (or logits) averaged. The job's part of the
+dataset (``eval.shard=i/n``) is split again over DDP ranks; rank 0 gathers every rank's predictions and
+writes the report (``report.py``). The checkpoint's saved ``model`` section decides the architecture
+(the weights fix it); ``data.*`` and ``eval.*`` come from ``cfg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
+from videoconvmae.eval.metrics import aggregate
+from videoconvmae.eval.report import write_report
+from videoconvmae.eval.sharding import parse_shard, rank_part, shard_indices
+from videoconvmae.models.config import ModelConfig
+
+PAPER_TEMPORAL_VIEWS = {"k400": 5, "ssv2": 2}
+# data.* / eval.* fields that cannot change the predictions (augmentation, throughput, error policy); every
+# other field goes into the config hash that the shards of one evaluation must share.
+NOT_HASHED = {"data": {"train_annotation", "val_annotation", "batch_size", "num_workers", "pretrain_crop",
+                       "pretrain_rrc_scale", "rrc_scale", "rrc_ratio", "flip", "randaug", "reprob", "mixup", "cutmix",
+                       "label_smoothing", "repeated_aug", "max_skip_fraction", "max_retries", "decode_timeout_s",
+                       "seed"},
+              "eval": {"checkpoint", "shard", "out_dir", "batch_videos", "confusion_max_classes"}}
+
+
+def num_views(cfg: Config) -> tuple[int, int]:
+    """(T, S): ``eval.num_temporal_views`` or the paper's count for the dataset; images have T = 1."""
+    if cfg.data.dataset == "imagefolder":
+        return 1, cfg.eval.num_spatial_views
+    t = cfg.eval.num_temporal_views or PAPER_TEMPORAL_VIEWS.get(cfg.data.dataset, 5)
+    return t, cfg.eval.num_spatial_views
+
+
+def view_spec(cfg: Config) -> ViewSpec:
+    d = cfg.data
+    t, s = num_views(cfg)
+    return ViewSpec(dataset=d.dataset, clip_len=d.num_frames, sampling_rate=d.sampling_rate,
+                    num_segments=d.num_segments or d.num_frames, short_side=d.short_side_size, crop=d.input_size,
+                    num_temporal=t, num_spatial=s, mean=tuple(d.mean), std=tuple(d.std), decoder=d.decoder,
+                    decode_timeout_s=d.decode_timeout_s,
+                    image_interpolation=cfg.eval.image_interpolation)
+
+
+def protocol_text(cfg: Config) -> str:
+    t, s = num_views(cfg)
+    if cfg.data.dataset == "imagefolder":
+        return "single centre crop" if s == 1 else f"{s} crops, {cfg.eval.aggregation} mean"
+    return f"{t}x{s} views ({t} temporal x {s} spatial), {cfg.eval.aggregation} mean"
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_eval_checkpoint(path: str, use_ema: bool = False) -> tuple[dict, dict | None]:
+    """(state_dict, saved config dict or None) from a training checkpoint or an exported ``weights.pt``."""
+    if not path:
+        raise ConfigError("eval.checkpoint: no checkpoint given (eval.checkpoint=PATH)")
+    if not Path(path).is_file():
+        raise ConfigError(f"eval.checkpoint: {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle that needs code, not a torch file at all
+        raise ConfigError(f"eval.checkpoint: {path}: cannot be loaded ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"eval.checkpoint: {path}: expected a dict, got {type(ckpt).__name__}")
+    key = "ema" if use_ema else "model"
+    if key not in ckpt and not use_ema and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt, None  # a bare state dict (e.g. an official checkpoint)
+    if not isinstance(ckpt.get(key), dict):
+        raise ConfigError(f"eval.checkpoint: {path}: no {key!r} state dict inside (keys: {', '.join(ckpt)})")
+    config = ckpt.get("config")
+    return ckpt[key], config if isinstance(config, dict) else None
+
+
+def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
+    """The checkpoint's own model section (the weights fix the architecture), else ``cfg.model``."""
+    model_cfg = from_dict(saved).model if saved else cfg.model
+    # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
+    return dataclasses.replace(model_cfg, pretrained="")
+
+
+def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:
+    """Fingerprint of everything that changes the predictions (shards of one evaluation must share it)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_HASHED["data"]}
+    data["annotation"] = cfg.data.val_annotation if cfg.eval.split == "val" else cfg.data.train_annotation
+    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in NOT_HASHED["eval"]}
+    ev["views"] = list(num_views(cfg))
+    blob = json.dumps({"data": data, "eval": ev, "model": dataclasses.asdict(model_cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_eval_model(model_cfg: ModelConfig, state: dict, num_classes: int, checkpoint: str) -> torch.nn.Module:
+    from videoconvmae.models import build_model
+
+    try:
+        model = build_model(model_cfg, "finetune", num_classes)
+    except ValueError as e:  # unknown arch or override in the checkpoint's saved model section
+        raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch, e.g. a head for another class count
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise ConfigError(f"eval.checkpoint: {checkpoint}: weights do not fit {model_cfg.arch}_cls with "
+                          f"{num_classes} classes ({detail})") from None
+    if missing or unexpected:
+        raise ConfigError(f"eval.checkpoint: {checkpoint}: weights do not fit {model_cfg.arch}_cls with "
+                          f"{num_classes} classes (missing {len(missing)}: {', '.join(missing[:3])}; "
+                          f"unexpected {len(unexpected)}: {', '.join(unexpected[:3])})")
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def output_dir(cfg: Config) -> Path:
+    i, n = parse_shard(cfg.eval.shard)
+    base = Path(cfg.eval.out_dir) if cfg.eval.out_dir else Path(cfg.train.output_dir) / "eval"
+    return base / f"shard-{i}-of-{n}" if n > 1 else base
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str,
+            precision: str = "fp32", progress: bool = False) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """(positions, aggregated scores [N, K], [(position, error)] of unreadable items) over ``loader``."""
+    from tqdm import tqdm
+
+    positions: list[int] = []
+    scores: list[torch.Tensor] = []
+    failed: list[tuple[int, str]] = []
+    bar = tqdm(total=len(loader.dataset), unit="video", dynamic_ncols=True, disable=not progress)
+    for items in loader:
+        ok = [it for it in items if it["views"] is not None]
+        failed += [(it["position"], it["error"]) for it in items if it["views"] is None]
+        if ok:
+            v = ok[0]["views"].shape[0]
+            x = torch.cat([it["views"] for it in ok]).to(device, non_blocking=True)
+            with _autocast(device, precision):
+                logits = model(x)
+            scores.append(aggregate(logits.float().view(len(ok), v, -1), aggregation).cpu())
+            positions += [it["position"] for it in ok]
+        bar.update(len(items))
+        if failed:
+            bar.set_postfix(unreadable=len(failed), refresh=False)
+    bar.close()
+    k = scores[0].shape[1] if scores else 0
+    return positions, (torch.cat(scores).numpy() if scores else np.zeros((0, k), np.float32)), failed
+
+
+def _gather(obj):
+    """Every rank's ``obj`` in rank order (one process: ``[obj]``)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def run_eval(cfg: Config) -> dict:
+    """Evaluate ``cfg.eval.checkpoint`` on this job's shard of ``cfg.data``; the summary (metrics + paths).
+
+    Every rank returns the same summary; rank 0 writes the files into ``output_dir(cfg)``.
+    """
+    from videoconvmae.data.records import load_records
+    from videoconvmae.engine.distributed import broadcast_object, init_distributed
+
+    shard_i, shard_n = parse_shard(cfg.eval.shard)
+    state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
+    model_cfg = eval_model_config(cfg, saved)
+    records, class_names = load_records(cfg.data, cfg.eval.split)
+    if not records:
+        raise ConfigError(f"data: the {cfg.eval.split} annotation of {cfg.data.dataset} lists no items")
+
+    was_initialised = dist.is_initialized()
+    info = init_distributed(cfg.train.dist_backend, cfg.train.device)
+    try:
+        job_part = shard_indices(len(records), shard_i, shard_n, cfg.eval.shard_mode)
+        mine = rank_part(job_part, info.rank, info.world_size, cfg.eval.shard_mode)
+        model = build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint).to(info.device)
+        if cfg.train.compile:
+            model = torch.compile(model)
+        loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,
+                            shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
+                            pin_memory=info.device.type == "cuda")
+        part = predict(model, loader, info.device, cfg.eval.aggregation, cfg.train.precision,
+                       progress=cfg.train.progress and info.is_main)
+        parts = _gather(part)
+        summary = None
+        if info.is_main:
+            summary = _write(cfg, parts, records, class_names, model_cfg, job_part, (shard_i, shard_n))
+        return broadcast_object(summary)
+    finally:
+        if not was_initialised and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _write(cfg: Config, parts: list, records: list, class_names: list[str], model_cfg: ModelConfig,
+           job_part: list[int], shard: tuple[int, int]) -> dict:
+    positions = [p for pos, _, _ in parts for p in pos]
+    scores = np.concatenate([s for _, s, _ in parts if len(s)]) if positions else np.zeros((0, len(class_names)))
+    order = np.argsort(positions, kind="stable")  # annotation order, whatever the rank split was
+    positions = [positions[j] for j in order]
+    scores = scores[order] if len(order) else scores
+    failed = sorted(f for _, _, fs in parts for f in fs)
+    if sorted(positions + [p for p, _ in failed]) != sorted(job_part):
+        raise RuntimeError("eval: the ranks' results do not cover this shard exactly once (internal error)")
+    t, s = num_views(cfg)
+    run = {"mode": "image" if cfg.data.dataset == "imagefolder" else "video", "dataset": cfg.data.dataset,
+           "split": cfg.eval.split, "protocol": protocol_text(cfg), "views": [t, s],
+           "aggregation": cfg.eval.aggregation, "checkpoint": str(cfg.eval.checkpoint),
+           "checkpoint_sha256": file_sha256(cfg.eval.checkpoint), "config_hash": config_hash(cfg, model_cfg),
+           "num_total": len(records), "shard_mode": cfg.eval.shard_mode}
+    unreadable = [{"video_id": records[p].video_id, "path": str(records[p].path), "error": err} for p, err in failed]
+    summary = write_report(
+        output_dir(cfg), video_ids=[records[p].video_id for p in positions],
+        labels=np.array([records[p].label for p in positions], dtype=np.int64), scores=scores,
+        class_names=class_names, unreadable=unreadable, run=run, shard={"index": shard[0], "count": shard[1]},
+        confusion_max_classes=cfg.eval.confusion_max_classes)
+    summary["out_dir"] = str(output_dir(cfg))
+    return summary

@@ -49,7 +49,7 @@ def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
 
         try:
             with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))[None]
+                return np.array(img.convert("RGB"))[None]
         except Exception as e:
             raise UnreadableError("decode_error", path, f"{e.__class__.__name__}: {e}"[:200]) from None
 

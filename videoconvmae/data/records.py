@@ -19,16 +19,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 
 K400_HEADER = ("label", "youtube_id", "time_start", "time_end")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ConfigError):
     """A missing or malformed annotation file; the message is one line naming the file."""
 
 
@@ -63,9 +65,8 @@ def load_records(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[s
         raise AnnotationError(f"data.dataset: expected k400 | ssv2 | imagefolder, got {cfg.dataset!r}")
     if not records:
         raise AnnotationError(f"{path}: no items")
-    ids = [r.video_id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    dup = next((i for i, n in Counter(r.video_id for r in records).items() if n > 1), None)
+    if dup is not None:
         raise AnnotationError(f"{path}: video id {dup!r} appears more than once")
     if cfg.limit_items is not None:
         records = records[: cfg.limit_items]
@@ -95,7 +96,11 @@ def _read_text(path: str) -> str:
 
 
 def _is_k400_csv(path: str) -> bool:
-    first = _read_text(path).lstrip("\ufeff").split("\n", 1)[0]
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().lstrip("\ufeff")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     return tuple(c.strip() for c in first.split(",")[:4]) == K400_HEADER
 
 
@@ -196,6 +201,8 @@ def _parse_list(path: str) -> list[tuple[str, int]]:
 
 def _read_list(cfg: DataConfig, path: str, split: str) -> tuple[list[VideoRecord], list[str]]:
     items = _parse_list(path)
+    if not items:
+        raise AnnotationError(f"{path}: no items")
     if cfg.labels_file:
         names = _labels_file_names(cfg.labels_file)
     else:  # ids only: as many classes as the largest id seen in this list and the train list

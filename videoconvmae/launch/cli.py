@@ -49,7 +49,7 @@ def _slurm_state(job: submitit.Job) -> str:
     return registry.states([{"cluster": "slurm", "folder": str(job.paths.folder), "job_id": str(job.job_id)}])[0]
 
 
-def wait_and_report(launched: Launched, stream=sys.stdout) -> int:
+def wait_and_report(launched: Launched) -> int:
     """Wait for the launch's final jobs; print a summary per job or ONE failure line each. 0 = all succeeded."""
     failed = 0
     for job in launched.final_jobs:
@@ -64,7 +64,7 @@ def wait_and_report(launched: Launched, stream=sys.stdout) -> int:
                 print(f"error: {registry.failure_line(job, launched.task, _slurm_state(job))}", file=sys.stderr)
             continue
         brief = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
-        print(f"job {job.job_id} done: " + " ".join(f"{k}={v}" for k, v in brief.items()), file=stream)
+        print(f"job {job.job_id} done: " + " ".join(f"{k}={v}" for k, v in brief.items()))
     return 1 if failed else 0
 
 

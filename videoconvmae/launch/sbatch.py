@@ -45,18 +45,19 @@ def render_sbatch(task: str, preset: str, overrides: Sequence[str] = ()) -> str:
         lines.append(f"#SBATCH --array=0-{s.array - 1}%{min(s.array, s.array_parallelism)}")
         run_overrides.append(f"eval.shard={ARRAY_TASK}/{s.array}")
         base = cfg.eval.out_dir or f"{cfg.train.output_dir}/eval"
-        shards = " ".join(shlex.quote(f"{base}/shard-{i}-of-{s.array}") for i in range(s.array))
+        shards = f"{base}/shard-*-of-{s.array}"
         lines += [
             "#",
             f"# Evaluates one of {s.array} shards per array task. Merge them once all succeeded:",
             "#   jid=$(sbatch --parsable THIS_FILE)",
             f"#   sbatch --dependency=afterok:$jid --ntasks=1 --wrap 'videoconvmae eval merge {shards}'",
         ]
+    after = "starts this shard over" if task == "eval" else "resumes from the newest checkpoint (resume=auto)"
     lines += [
         "",
         "set -euo pipefail",
         *s.setup,
-        "# Time limit / preemption: requeue; the requeued job resumes from the newest checkpoint (resume=auto).",
+        f"# Time limit / preemption: requeue; the requeued job {after}.",
         "trap 'echo \"[sbatch] USR2: requeueing $SLURM_JOB_ID\"; scontrol requeue \"$SLURM_JOB_ID\"' USR2",
         f"{_run_line([task, preset, *run_overrides])} &",
         "wait $!  # in the background so that the trap runs as soon as the signal arrives",

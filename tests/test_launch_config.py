@@ -1,0 +1,114 @@
+"""The launch layer without Slurm: typed resources -> executor parameters, bad input, debug / local clusters."""
+
+from __future__ import annotations
+
+import json
+
+import cloudpickle
+import launch_toys
+import pytest
+
+from videoconvmae.config import ConfigError, load_config
+from videoconvmae.launch.cli import wait_and_report
+from videoconvmae.launch.executor import check_slurm_config, executor_parameters, job_folder, make_executor
+from videoconvmae.launch.submit import launch, parse_sweep
+
+cloudpickle.register_pickle_by_value(launch_toys)
+
+
+def _slurm(*overrides: str):
+    return load_config(None, [*overrides, "slurm.cluster=debug"]).slurm
+
+
+def test_one_task_per_gpu_and_typed_resources():
+    s = _slurm("slurm.nodes=8", "slurm.gpus_per_node=8", "slurm.cpus_per_task=10", "slurm.mem_gb=480",
+               "slurm.partition=learn", "slurm.account=vision", "slurm.qos=high", "slurm.constraint=volta32gb",
+               "slurm.comment=k400", "slurm.timeout_min=600", "slurm.signal_delay_s=300",
+               "slurm.extra=[exclude=node1,mail-type=END]")
+    p = executor_parameters(s)
+    assert (p["nodes"], p["tasks_per_node"], p["gpus_per_node"], p["cpus_per_task"]) == (8, 8, 8, 10)
+    assert (p["mem_gb"], p["timeout_min"], p["slurm_signal_delay_s"]) == (480, 600, 300)
+    assert (p["slurm_partition"], p["slurm_account"], p["slurm_qos"]) == ("learn", "vision", "high")
+    assert p["slurm_constraint"] == "volta32gb" and p["slurm_comment"] == "k400"
+    assert p["slurm_additional_parameters"] == {"exclude": "node1", "mail-type": "END"}
+
+
+def test_cpu_job_has_one_task_and_no_gpu_or_memory_flags():
+    p = executor_parameters(_slurm("slurm.gpus_per_node=0"))
+    assert p["tasks_per_node"] == 1
+    assert "gpus_per_node" not in p and "mem_gb" not in p and "slurm_partition" not in p
+
+
+def test_job_folder_lives_under_the_run(tmp_path):
+    s = _slurm()
+    assert job_folder(s, tmp_path / "run") == (tmp_path / "run" / "slurm").resolve()
+    s.folder = str(tmp_path / "elsewhere")
+    assert job_folder(s, tmp_path / "run") == (tmp_path / "elsewhere").resolve()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("slurm.cluster=kubernetes", "slurm.cluster: expected one of slurm|local|debug"),
+    ("slurm.nodes=0", "slurm.nodes: expected a positive integer"),
+    ("slurm.gpus_per_node=-1", "slurm.gpus_per_node: expected an integer >= 0"),
+    ("slurm.extra=[exclude]", "slurm.extra: expected sbatch options as key=value"),
+])
+def test_bad_resources_are_one_line(override, message):
+    s = load_config(None, ["slurm.cluster=debug", override]).slurm
+    with pytest.raises(ConfigError) as e:
+        check_slurm_config(s)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_local_cluster_is_one_node():
+    with pytest.raises(ConfigError, match="slurm.nodes: slurm.cluster=local runs on this machine only"):
+        check_slurm_config(load_config(None, ["slurm.cluster=local", "slurm.nodes=2"]).slurm)
+
+
+def test_sweep_parsing():
+    assert parse_sweep(["optim.base_lr=1e-4,2e-4", "model.mask_ratio=0.75"]) == [
+        ("optim.base_lr", ["1e-4", "2e-4"]), ("model.mask_ratio", ["0.75"])]
+    with pytest.raises(ConfigError, match="expected sweep=key.sub=v1,v2"):
+        parse_sweep(["optim.base_lr"])
+
+
+def test_executor_for_debug_writes_logs_under_the_run(tmp_path):
+    ex = make_executor(_slurm("slurm.gpus_per_node=0"), tmp_path / "run")
+    job = ex.submit(int, "7")
+    assert job.result() == 7
+    assert str(job.paths.folder).startswith(str(tmp_path / "run" / "slurm"))
+
+
+def test_debug_cluster_runs_the_same_job_in_process(tmp_path, capsys):
+    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=3",
+                                         "slurm.cluster=debug", "slurm.gpus_per_node=0"],
+                      entries={"train": launch_toys.toy_run_task})
+    assert wait_and_report(launched) == 0
+    assert f"job {launched.jobs[0].job_id} done: status=completed step=3" in capsys.readouterr().out
+    state = json.loads((tmp_path / "run" / "toy_state.json").read_text())
+    assert state["value"] == launch_toys.expected_value(3)
+
+
+def test_debug_failure_is_one_line(tmp_path, capsys):
+    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=debug",
+                                         "data.root=/nope"], entries={"train": launch_toys.toy_failing_task})
+    assert wait_and_report(launched) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("failed: FileNotFoundError: data.root: folder '/nope' does not exist")
+    assert len(err.splitlines()) == 1
+
+
+def test_local_cluster_runs_the_pickled_job(tmp_path):
+    reg = tmp_path / "jobs.jsonl"
+    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2",
+                                         "slurm.cluster=local", "slurm.gpus_per_node=0", f"slurm.registry={reg}"],
+                      entries={"train": launch_toys.toy_run_task})
+    result = launched.jobs[0].result()
+    assert result["status"] == "completed" and result["value"] == launch_toys.expected_value(2)
+    rec = json.loads(reg.read_text().splitlines()[0])
+    assert rec["cluster"] == "local" and rec["output_dir"] == str((tmp_path / "run").resolve())
+
+
+def test_sweep_not_for_eval(tmp_path):
+    with pytest.raises(ConfigError, match="sweeps are for training tasks"):
+        launch("eval", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug"],
+               sweep=[("optim.base_lr", ["1e-4"])])

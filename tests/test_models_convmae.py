@@ -46,7 +46,7 @@ LEAK_CASES = [
 @pytest.mark.parametrize("name,shape,mask_type", LEAK_CASES)
 def test_masking_is_leak_free_exactly(name, shape, mask_type):
     torch.manual_seed(0)
-    model = create_model(name, mask_type=mask_type, mask_ratio=0.5)
+    model = create_model(name, mask_type=mask_type, mask_ratio=0.5, sparse_stages=False)  # the dense masked conv
     x = torch.randn(shape)
     mask = model(x, generator=torch.Generator().manual_seed(3))["mask"]
     d1, d2, d3, masked_changed = visible_diffs(model, x, mask)
@@ -57,7 +57,7 @@ def test_masking_is_leak_free_exactly(name, shape, mask_type):
 @pytest.mark.parametrize("name,shape,mask_type", LEAK_CASES)
 def test_leak_check_fails_without_keep_multiplication(name, shape, mask_type, monkeypatch):
     torch.manual_seed(0)
-    model = create_model(name, mask_type=mask_type, mask_ratio=0.5)
+    model = create_model(name, mask_type=mask_type, mask_ratio=0.5, sparse_stages=False)  # the dense masked conv
     x = torch.randn(shape)
     mask = model(x, generator=torch.Generator().manual_seed(3))["mask"]
     monkeypatch.setattr(layers_mod, "apply_keep", lambda y, keep: y)

@@ -31,30 +31,32 @@ from videoconvmae.models.layers import (
     trunc_normal_,
 )
 from videoconvmae.models.masking import make_mask, upsample_keep, visible_indices
-
-STAGE_STRIDES = (4, 2, 2)  # spatial stride of patch_embed1..3: the stage-3 cell is 16x16 pixels
+from videoconvmae.models.sparse import encode_visible_stages, fused_visible
 
 
 @dataclass
 class EncoderOutput:
     latent: torch.Tensor  # [N, L_vis, C3] stage-3 tokens after fusion and norm (all L tokens when unmasked)
-    stage1: torch.Tensor  # [N, *grid1, C1] stage-1 output (masked positions hold garbage by design)
-    stage2: torch.Tensor  # [N, *grid2, C2]
+    stage1: torch.Tensor  # dense [N, *grid1, C1] (masked positions hold garbage by design) or, on the sparse
+    #                       path, [N, L_vis, 16, C1]: the visible cells' 4x4 stage-1 positions (models/sparse.py)
+    stage2: torch.Tensor  # dense [N, *grid2, C2] or sparse [N, L_vis, 4, C2]
     visible_idx: torch.Tensor | None  # [N, L_vis] indices into the stage-3 grid; None = all tokens
+    sparse: bool = False  # whether stage1 / stage2 are in the visible-cell layout
 
 
 class ConvMAEEncoder(nn.Module):
     """Stages 1-2: conv embeds + masked conv blocks; stage 3: embed -> Linear -> + sin-cos pos -> transformer.
 
     ``stage_decodes`` adds the multi-scale fusion convs (stride-4 conv C1->C3 on stage 1, stride-2 conv C2->C3 on
-    stage 2, Eq. 1); ``final_norm`` the LayerNorm after stage 3. The classifier has neither (as the official
-    global-pool ConvViT).
+    stage 2, Eq. 1); ``fuse_stages`` adds their output to the stage-3 tokens before ``norm`` (off = the paper's
+    ablation without the multi-scale decoder); ``final_norm`` the LayerNorm after stage 3. The classifier has
+    neither decodes nor norm (as the official global-pool ConvViT).
     """
 
     def __init__(self, dims: Sequence[int] = (256, 384, 768), depths: Sequence[int] = (2, 2, 11),
                  mlp_ratios: Sequence[float] = (4, 4, 4), num_heads: int = 12, spatial_dims: int = 2,
                  in_chans: int = 3, tubelet: int = 2, temporal_kernel: int = 3, drop_path_rate: float = 0.0,
-                 stage_decodes: bool = True, final_norm: bool = True):
+                 stage_decodes: bool = True, fuse_stages: bool = True, final_norm: bool = True):
         super().__init__()
         conv_nd(spatial_dims)  # validates spatial_dims
         c1, c2, c3 = dims
@@ -81,6 +83,7 @@ class ConvMAEEncoder(nn.Module):
         if stage_decodes:
             self.stage1_output_decode = conv_nd(spatial_dims)(c1, c3, kernel(4), stride=kernel(4))
             self.stage2_output_decode = conv_nd(spatial_dims)(c2, c3, kernel(2), stride=kernel(2))
+        self.fuse_stages = stage_decodes and fuse_stages
         self.norm = nn.LayerNorm(c3, eps=TRANSFORMER_NORM_EPS) if final_norm else nn.Identity()
         self.grad_checkpointing = False
         self._pos_cache: dict[tuple, torch.Tensor] = {}
@@ -130,6 +133,22 @@ class ConvMAEEncoder(nn.Module):
             keep1, keep2 = (k.to(x.dtype) for k in self.stage_keeps(mask, grid))
             visible_idx = visible_indices(mask)
 
+        sparse = visible_idx is not None and self.sparse_stages
+        if sparse:
+            vis = encode_visible_stages(self, x, visible_idx, grid)
+            x, stage1, stage2 = vis.tokens, vis.stage1, vis.stage2
+        else:
+            x, stage1, stage2 = self._dense_stages(x, grid, keep1, keep2, visible_idx)
+        for blk in self.blocks3:
+            x = self._run(blk, x)
+        if self.fuse_stages:
+            x = x + (fused_visible(self, stage1, stage2) if sparse else self._dense_fusion(stage1, stage2, visible_idx))
+        return EncoderOutput(self.norm(x), stage1, stage2, visible_idx, sparse)
+
+    def _dense_stages(self, x: torch.Tensor, grid: Sequence[int], keep1: torch.Tensor | None,
+                      keep2: torch.Tensor | None, visible_idx: torch.Tensor | None):
+        """Stages 1-2 on every position (masked convolution via ``keep``), then the stage-3 embed + pos; the
+        reference for the sparse path and the classifier's (unmasked) path."""
         x = self.patch_embed1(x)
         for blk in self.blocks1:
             x = self._run(blk, x, keep1)
@@ -143,15 +162,18 @@ class ConvMAEEncoder(nn.Module):
         x = x + self.pos_embed(grid, x.shape[-1], x)
         if visible_idx is not None:
             x = gather_tokens(x, visible_idx)
-        for blk in self.blocks3:
-            x = self._run(blk, x)
-        if hasattr(self, "stage1_output_decode") and self.fuse_stages:
-            for decode, feat in ((self.stage1_output_decode, stage1), (self.stage2_output_decode, stage2)):
-                tokens = decode(channels_first(feat)).flatten(2).transpose(1, 2)  # [N, L, C3]
-                x = x + (gather_tokens(tokens, visible_idx) if visible_idx is not None else tokens)
-        return EncoderOutput(self.norm(x), stage1, stage2, visible_idx)
+        return x, stage1, stage2
+
+    def _dense_fusion(self, stage1: torch.Tensor, stage2: torch.Tensor,
+                      visible_idx: torch.Tensor | None) -> torch.Tensor:
+        fused = 0
+        for decode, feat in ((self.stage1_output_decode, stage1), (self.stage2_output_decode, stage2)):
+            tokens = decode(channels_first(feat)).flatten(2).transpose(1, 2)  # [N, L, C3]
+            fused = fused + (gather_tokens(tokens, visible_idx) if visible_idx is not None else tokens)
+        return fused
 
     fuse_stages = True  # the pretrain model's ``multiscale_decoder`` switch
+    sparse_stages = False  # visible-only stages 1-2 when a mask is given (the pretrain model turns it on)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -194,14 +216,15 @@ class ConvMAEPretrain(ConvMAEEncoder):
 
     def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
                  decoder_mlp_ratio: float = 4.0, mask_type: str | None = None, mask_ratio: float | None = None,
-                 norm_pix_loss: bool = True, multiscale_decoder: bool = True, **encoder_kwargs):
-        super().__init__(stage_decodes=True, final_norm=True, **encoder_kwargs)
+                 norm_pix_loss: bool = True, multiscale_decoder: bool = True, sparse_stages: bool = True,
+                 **encoder_kwargs):
+        super().__init__(stage_decodes=True, fuse_stages=multiscale_decoder, final_norm=True, **encoder_kwargs)
+        self.sparse_stages = sparse_stages  # exact: same numerics as the dense reference, less work
         video = self.spatial_dims == 3
         self.mask_type = mask_type or ("tube" if video else "block")
         self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
         make_mask(self.mask_type, 1, (1, 1, 1) if video else (1, 1), self.mask_ratio)  # validates both early
         self.norm_pix_loss = norm_pix_loss
-        self.fuse_stages = multiscale_decoder
         c3 = self.dims[-1]
         self.decoder_embed = nn.Linear(c3, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))

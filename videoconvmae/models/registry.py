@@ -98,7 +98,7 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
     """The model for a run: pretrain model for task ``pretrain``, classifier otherwise.
 
     ``num_classes`` is the dataset's class count; ``model_cfg.num_classes > 0`` overrides it. ``sparse_stages``
-    selects an execution strategy only (the sparse path is exact); until it exists the dense path runs.
+    selects an execution strategy only: the visible-only path (models/sparse.py) is exact.
     """
     is_video = FAMILIES[split_name(f"{model_cfg.arch}_pretrain")[0]].spatial_dims == 3
     overrides: dict = {"drop_path_rate": model_cfg.drop_path_rate}
@@ -109,7 +109,8 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
             overrides["temporal_kernel"] = model_cfg.temporal_kernel
     if task == "pretrain":
         overrides.update(mask_type=model_cfg.mask_type, mask_ratio=model_cfg.mask_ratio,
-                         norm_pix_loss=model_cfg.norm_pix_loss, multiscale_decoder=model_cfg.multiscale_decoder)
+                         norm_pix_loss=model_cfg.norm_pix_loss, multiscale_decoder=model_cfg.multiscale_decoder,
+                         sparse_stages=model_cfg.sparse_stages)
         model = create_model(f"{model_cfg.arch}_pretrain", **overrides)
     else:
         classes = model_cfg.num_classes or num_classes

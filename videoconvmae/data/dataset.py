@@ -216,8 +216,8 @@ class SkipStats:
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {self.counts[k]}" for k in SKIP_REASONS + tuple(
             sorted(set(self.counts) - set(SKIP_REASONS))) if self.counts[k])
-        return (f"skipped {self.skipped} of {self.items + self.skipped} reads ({100 * self.fraction:.1f}%)"
-                + (f" — {reasons}" if reasons else ""))
+        return (f"skipped {self.skipped} of {self.items + self.skipped} reads ({100 * self.fraction:.1f}%"
+                + (f": {reasons})" if reasons else ")"))
 
     def check(self, max_fraction: float, min_reads: int = 0) -> None:
         """Raise DataError when the skipped fraction exceeds ``max_fraction`` (once ``min_reads`` reads were seen;

@@ -17,7 +17,7 @@ from videoconvmae.eval.inputs import ViewsDataset
 from videoconvmae.eval.merge import merge_shards
 from videoconvmae.eval.metrics import load_predictions
 from videoconvmae.eval.multiview import run_eval, view_spec
-from videoconvmae.eval.views import k400_temporal_views
+from videoconvmae.eval.views import k400_temporal_views, normalize
 from videoconvmae.models import build_model
 
 METRIC_KEYS = ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable", "num_assigned")
@@ -49,7 +49,8 @@ def _checkpoint(path, cfg, num_classes, seed=0):
     records, _ = load_records(cfg.data, "train")
     ds = ViewsDataset(records, list(range(len(records))), view_spec(single))
     with torch.no_grad():
-        feats = torch.stack([model.forward_features(ds[i]["views"]).mean(0) for i in range(len(ds))])
+        views = [normalize(ds[i]["views"], cfg.data.mean, cfg.data.std) for i in range(len(ds))]
+        feats = torch.stack([model.forward_features(v).mean(0) for v in views])
         labels = torch.tensor([r.label for r in records])
         means = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
         w = means - feats.mean(0)

@@ -39,7 +39,7 @@ class ViewSpec:
     crop: int  # data.input_size
     num_temporal: int
     num_spatial: int
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # normalisation, applied by the consumer (views stay uint8 until the device)
     std: tuple[float, ...]
     decoder: str = "decord"
     decode_timeout_s: float = 0.0  # 0 = no limit
@@ -68,28 +68,26 @@ def decode_video_views(path: str, spec: ViewSpec) -> tuple[torch.Tensor, ViewPla
     # The frame size is known only once decoded (the reader does not expose it): plan space now.
     plan = plan_video_views(chosen["views"], frames.shape[1], frames.shape[2], short_side=spec.short_side,
                             crop=spec.crop, num_spatial=spec.num_spatial)
-    return cut_views(frames, chosen["union"], plan, list(spec.mean), list(spec.std)), plan
+    return cut_views(frames, chosen["union"], plan), plan
 
 
 def load_image_views(path: str, spec: ViewSpec) -> torch.Tensor:
-    """The S crops of one image: short side resized with PIL (antialiased), float ``[S, 3, crop, crop]``."""
+    """The S crops of one image: short side resized with PIL (antialiased), uint8 ``[S, 3, crop, crop]``."""
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB")
         h, w = resized_hw(im.height, im.width, spec.short_side)
         resample = Image.Resampling.BICUBIC if spec.image_interpolation == "bicubic" else Image.Resampling.BILINEAR
-        im = im.resize((w, h), resample)
-        arr = np.asarray(im, dtype=np.uint8)
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-    x = x.sub_(torch.tensor(spec.mean).view(3, 1, 1)).div_(torch.tensor(spec.std).view(3, 1, 1))
+        arr = np.asarray(im.resize((w, h), resample), dtype=np.uint8)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     c = spec.crop
     origins = spatial_crop_origins(h, w, c, spec.num_spatial)
     return torch.stack([x[:, top:top + c, left:left + c] for top, left in origins])
 
 
 class ViewsDataset(Dataset):
-    """Item i: ``{"position", "views" [V, ...] | None, "error" | None}`` for ``records[i]``."""
+    """Item i: ``{"position", "views" uint8 [V, 3, ...] | None, "error" | None}`` for ``records[i]``."""
 
     def __init__(self, records: list, positions: list[int], spec: ViewSpec):
         self.records, self.positions, self.spec = records, positions, spec

@@ -26,6 +26,7 @@ from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.eval.metrics import aggregate
 from videoconvmae.eval.report import write_report
 from videoconvmae.eval.sharding import parse_shard, rank_part, shard_indices
+from videoconvmae.eval.views import normalize
 from videoconvmae.models.config import ModelConfig
 
 PAPER_TEMPORAL_VIEWS = {"k400": 5, "ssv2": 2}
@@ -147,7 +148,8 @@ def _autocast(device: torch.device, precision: str):
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str,
-            precision: str = "fp32", progress: bool = False) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+            mean: list[float], std: list[float], precision: str = "fp32",
+            progress: bool = False) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """(positions, aggregated scores [N, K], [(position, error)] of unreadable items) over ``loader``."""
     from tqdm import tqdm
 
@@ -160,7 +162,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
         failed += [(it["position"], it["error"]) for it in items if it["views"] is None]
         if ok:
             v = ok[0]["views"].shape[0]
-            x = torch.cat([it["views"] for it in ok]).to(device, non_blocking=True)
+            x = normalize(torch.cat([it["views"] for it in ok]).to(device, non_blocking=True), mean, std)
             with _autocast(device, precision):
                 logits = model(x)
             scores.append(aggregate(logits.float().view(len(ok), v, -1), aggregation).cpu())
@@ -208,8 +210,8 @@ def run_eval(cfg: Config) -> dict:
         loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,
                             shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
                             pin_memory=info.device.type == "cuda")
-        part = predict(model, loader, info.device, cfg.eval.aggregation, cfg.train.precision,
-                       progress=cfg.train.progress and info.is_main)
+        part = predict(model, loader, info.device, cfg.eval.aggregation, cfg.data.mean, cfg.data.std,
+                       cfg.train.precision, progress=cfg.train.progress and info.is_main)
         parts = _gather(part)
         summary = None
         if info.is_main:

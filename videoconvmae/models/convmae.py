@@ -172,7 +172,6 @@ class ConvMAEEncoder(nn.Module):
             fused = fused + (gather_tokens(tokens, visible_idx) if visible_idx is not None else tokens)
         return fused
 
-    fuse_stages = True  # the pretrain model's ``multiscale_decoder`` switch
     sparse_stages = False  # visible-only stages 1-2 when a mask is given (the pretrain model turns it on)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -259,3 +259,18 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model(x, mask=mask)["loss"].backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+@pytest.mark.parametrize("name,shape", [("convmae_tiny_pretrain", (2, 3, 32, 32)),
+                                        ("videoconvmae_tiny_pretrain", (2, 3, 4, 32, 32))])
+def test_bf16_autocast_runs_and_the_loss_stays_float32(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(shape)
+    mask = model(x)["mask"]
+    reference = model(x, mask=mask)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, mask=mask)
+    out["loss"].backward()
+    assert out["pred"].dtype == torch.bfloat16 and out["loss"].dtype == torch.float32
+    assert abs(out["loss"].item() - reference.item()) < 0.05 * reference.item()

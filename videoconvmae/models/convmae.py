@@ -283,7 +283,8 @@ class ConvMAEPretrain(ConvMAEEncoder):
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the masked patches only; target normalised per patch if ``norm_pix_loss``."""
-        target = self.patchify(x).to(pred.dtype)
+        target = self.patchify(x).float()  # the loss is computed in float32 even under bf16 / fp16 autocast
+        pred = pred.float()
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)

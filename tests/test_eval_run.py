@@ -4,6 +4,8 @@ merge, unreadable videos listed and counted, SSV2 / image modes, the CLI forms."
 import copy
 import dataclasses
 import json
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
-from videoconvmae.config import load_config, to_dict
+from videoconvmae.config import from_dict, load_config, to_dict
 from videoconvmae.data.records import load_records
 from videoconvmae.eval.inputs import ViewsDataset
 from videoconvmae.eval.merge import merge_shards
@@ -165,6 +167,12 @@ def test_cli_checkpoint_form_uses_the_saved_config(k400, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "over 10 videos" in printed and "2x1 views" in printed
     assert json.loads((out / "metrics.json").read_text())["run"]["views"] == [2, 1]
+    # the saved eval section (validation during training) is not the protocol of a standalone eval
+    ckpt = torch.load(k400.eval.checkpoint, weights_only=True)
+    ckpt["config"]["eval"]["num_temporal_views"] = 2
+    torch.save(ckpt, tmp_path / "val2.pt")
+    assert main(["eval", str(tmp_path / "val2.pt"), f"eval.out_dir={tmp_path / 'paper'}"]) == 0
+    assert "5x3 views" in capsys.readouterr().out
     assert main(["eval", k400.eval.checkpoint, "eval.bogus=1"]) == 2
     assert "unknown config key 'eval.bogus'" in capsys.readouterr().err
 
@@ -177,3 +185,32 @@ def test_multiview_vs_single_view_top1_printed(k400, tmp_path):
     a = load_predictions(tmp_path / "m" / "predictions.npz")[2]
     b = load_predictions(tmp_path / "s" / "predictions.npz")[2]
     assert not np.allclose(a, b)  # the views are different inputs, not 15 copies of one clip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_eval_worker(rank, world, port, cfg_dict):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = run_eval(from_dict(cfg_dict))
+    assert summary["num_assigned"] == 5  # every rank returns rank 0's summary of the whole job shard
+
+
+@pytest.mark.slow  # two spawned processes each import torch + timm: ~30 s on 2 busy cores
+def test_two_ddp_ranks_split_a_shard_and_rank0_writes_it_whole(k400, tmp_path):
+    one = run_eval(_with(k400, out_dir=str(tmp_path / "one"), shard="1/2"))
+    cfg = _with(k400, out_dir=str(tmp_path / "two"), shard="1/2")
+    cfg.train.dist_backend = "gloo"
+    torch.multiprocessing.spawn(_ddp_eval_worker, args=(2, _free_port(), to_dict(cfg)), nprocs=2)
+    two = json.loads((tmp_path / "two" / "shard-1-of-2" / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert two[key] == one[key], key
+    a_ids, _, a_scores = load_predictions(tmp_path / "one" / "shard-1-of-2" / "predictions.npz")
+    b_ids, _, b_scores = load_predictions(tmp_path / "two" / "shard-1-of-2" / "predictions.npz")
+    assert a_ids == b_ids  # rank 0 puts both ranks' videos back in annotation order
+    np.testing.assert_allclose(a_scores, b_scores, rtol=0, atol=1e-6)

@@ -5,8 +5,9 @@
     videoconvmae eval merge SHARD_DIR [SHARD_DIR ...] [--out DIR]
 
 The first word is a CHECKPOINT when it is an existing file that is not YAML: the run then starts from the
-config saved inside it (the finetuning run's data, model and output folder), a PRESET such as ``eval_ssv2``
-(optional, e.g. to evaluate on another dataset or protocol) and then the overrides are applied on top.
+config saved inside it (the finetuning run's data, model and output folder; not its ``eval`` section, which
+set up validation during training: the protocol defaults to the paper's for the dataset), then an optional
+PRESET such as ``eval_ssv2`` (e.g. another dataset or protocol), then the overrides.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def _saved_config(path: str) -> dict:
 
 def config_from_checkpoint(checkpoint: str, preset: str | None, overrides: list[str]) -> Config:
     """Schema <- the checkpoint's saved config <- PRESET chain <- task=eval, eval.checkpoint <- overrides."""
-    layers: list[tuple[str, dict]] = [(f"{checkpoint} (saved config)", _saved_config(checkpoint))]
+    saved = _saved_config(checkpoint)
+    # The saved eval section configured validation DURING training (often fewer views); a standalone eval starts
+    # from the paper protocol for the dataset unless PRESET / overrides say otherwise.
+    saved = {k: v for k, v in saved.items() if k != "eval"}
+    layers: list[tuple[str, dict]] = [(f"{checkpoint} (saved config)", saved)]
     if preset:
         layers += [(str(path), data) for path, data in _read_preset(find_preset(preset))]
     layers.append(("eval command", {"task": "eval", "eval": {"checkpoint": checkpoint}}))

@@ -100,37 +100,69 @@ def mae_2d_sincos(dim, gh, gw):
     return torch.from_numpy(emb).float()[None]
 
 
+class OfficialOps:
+    """The official modules as functions of an official-layout state dict (channels-first, 1x1 convs as conv2d)."""
+
+    def __init__(self, sd):
+        self.sd = sd
+
+    def layer_norm(self, x, p, eps):
+        return F.layer_norm(x, x.shape[-1:], self.sd[f"{p}.weight"], self.sd[f"{p}.bias"], eps)
+
+    def ln_cf(self, x, p, eps=1e-5):  # LayerNorm over channels of a [N, C, H, W] map
+        return self.layer_norm(x.permute(0, 2, 3, 1), p, eps).permute(0, 3, 1, 2)
+
+    def patch_embed(self, x, p, k):
+        sd = self.sd
+        return F.gelu(self.ln_cf(F.conv2d(x, sd[f"{p}.proj.weight"], sd[f"{p}.proj.bias"], stride=k), f"{p}.norm"))
+
+    def cblock(self, x, p, keep=None):
+        sd = self.sd
+        y = F.conv2d(self.ln_cf(x, f"{p}.norm1"), sd[f"{p}.conv1.weight"], sd[f"{p}.conv1.bias"])
+        y = y if keep is None else keep * y
+        y = F.conv2d(y, sd[f"{p}.attn.weight"], sd[f"{p}.attn.bias"], padding=2, groups=y.shape[1])
+        x = x + F.conv2d(y, sd[f"{p}.conv2.weight"], sd[f"{p}.conv2.bias"])
+        y = F.gelu(F.conv2d(self.ln_cf(x, f"{p}.norm2"), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"]))
+        return x + F.conv2d(y, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+
+    def vit_block(self, x, p, heads):
+        sd = self.sd
+        b, length, c = x.shape
+        qkv = F.linear(self.layer_norm(x, f"{p}.norm1", 1e-6), sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"])
+        q, k, v = qkv.reshape(b, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5).softmax(-1)
+        x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, length, c), sd[f"{p}.attn.proj.weight"],
+                         sd[f"{p}.attn.proj.bias"])
+        y = F.gelu(F.linear(self.layer_norm(x, f"{p}.norm2", 1e-6), sd[f"{p}.mlp.fc1.weight"],
+                            sd[f"{p}.mlp.fc1.bias"]))
+        return x + F.linear(y, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+
+
+def official_classifier_forward(sd, imgs):
+    """models_convvit.ConvViT(global_pool=True).forward: all tokens, mean pool, fc_norm, head."""
+    o = OfficialOps(sd)
+    x = o.patch_embed(imgs, "patch_embed1", 4)
+    for i in range(DEPTHS[0]):
+        x = o.cblock(x, f"blocks1.{i}")
+    x = o.patch_embed(x, "patch_embed2", 2)
+    for i in range(DEPTHS[1]):
+        x = o.cblock(x, f"blocks2.{i}")
+    x = o.patch_embed(x, "patch_embed3", 2).flatten(2).permute(0, 2, 1)
+    x = F.linear(x, sd["patch_embed4.weight"], sd["patch_embed4.bias"])
+    x = x + mae_2d_sincos(DIMS[2], imgs.shape[2] // 16, imgs.shape[3] // 16)
+    for i in range(DEPTHS[2]):
+        x = o.vit_block(x, f"blocks3.{i}", HEADS)
+    x = o.layer_norm(x.mean(dim=1), "fc_norm", 1e-6)
+    return F.linear(x, sd["head.weight"], sd["head.bias"])
+
+
 def official_forward(sd, imgs, mask):
     """Independent re-implementation of the official pretrain forward (channels-first convs, 1x1 convs as
     conv2d, the official mask upsampling), with ids_keep = the visible tokens in ascending order."""
     n, _, h, w = imgs.shape
     gh, gw = h // 16, w // 16
-
-    def layer_norm(x, p, eps):
-        return F.layer_norm(x, x.shape[-1:], sd[f"{p}.weight"], sd[f"{p}.bias"], eps)
-
-    def ln_cf(x, p, eps=1e-5):  # LayerNorm over channels of a [N, C, H, W] map
-        return layer_norm(x.permute(0, 2, 3, 1), p, eps).permute(0, 3, 1, 2)
-
-    def patch_embed(x, p, k):
-        return F.gelu(ln_cf(F.conv2d(x, sd[f"{p}.proj.weight"], sd[f"{p}.proj.bias"], stride=k), f"{p}.norm"))
-
-    def cblock(x, p, keep):
-        y = F.conv2d(ln_cf(x, f"{p}.norm1"), sd[f"{p}.conv1.weight"], sd[f"{p}.conv1.bias"])
-        y = F.conv2d(keep * y, sd[f"{p}.attn.weight"], sd[f"{p}.attn.bias"], padding=2, groups=y.shape[1])
-        x = x + F.conv2d(y, sd[f"{p}.conv2.weight"], sd[f"{p}.conv2.bias"])
-        y = F.gelu(F.conv2d(ln_cf(x, f"{p}.norm2"), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"]))
-        return x + F.conv2d(y, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
-
-    def vit_block(x, p, heads):
-        b, length, c = x.shape
-        qkv = F.linear(layer_norm(x, f"{p}.norm1", 1e-6), sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"])
-        q, k, v = qkv.reshape(b, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5).softmax(-1)
-        x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, length, c), sd[f"{p}.attn.proj.weight"],
-                         sd[f"{p}.attn.proj.bias"])
-        y = F.gelu(F.linear(layer_norm(x, f"{p}.norm2", 1e-6), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"]))
-        return x + F.linear(y, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+    o = OfficialOps(sd)
+    layer_norm, patch_embed, cblock, vit_block = o.layer_norm, o.patch_embed, o.cblock, o.vit_block
 
     m = mask.float()
     # official: mask.reshape(-1,14,14).unsqueeze(-1).repeat(1,1,1,16).reshape(-1,14,14,4,4).permute(0,1,3,2,4)...
@@ -211,6 +243,8 @@ def test_official_encoder_only_checkpoint_bare_dict():
     report = load_pretrained(model, sd)
     assert report.missing == [] and report.unexpected == [] and report.ignored == ["pos_embed"]
     assert torch.equal(model.head.weight, sd["head.weight"])
+    x = torch.randn(2, 3, 64, 96)
+    torch.testing.assert_close(model.eval()(x), official_classifier_forward(sd, x), rtol=1e-4, atol=1e-5)
     # a different class count: the head is reported as mismatched, not loaded, the rest loads
     other = create_model("convmae_tiny_cls", num_classes=5)
     report = load_pretrained(other, sd)

@@ -280,6 +280,8 @@ def test_build_model_applies_config_and_pretrained(tmp_path, capsys):
     assert cls.blocks1[0].dwconv.kernel_size == (5, 5, 5)
     with pytest.raises(ValueError, match="num_classes"):
         build_model(ModelConfig(arch="convmae_tiny"), "finetune")
+    with pytest.raises(ValueError, match="model.arch: unknown family 'convmae_giant'"):
+        build_model(ModelConfig(arch="convmae_giant"), "pretrain")
 
 
 def test_bad_checkpoint_inputs_give_one_clear_line(tmp_path):

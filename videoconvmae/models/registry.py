@@ -100,7 +100,9 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
     ``num_classes`` is the dataset's class count; ``model_cfg.num_classes > 0`` overrides it. ``sparse_stages``
     selects an execution strategy only: the visible-only path (models/sparse.py) is exact.
     """
-    is_video = FAMILIES[split_name(f"{model_cfg.arch}_pretrain")[0]].spatial_dims == 3
+    if model_cfg.arch not in FAMILIES:
+        raise ValueError(f"model.arch: unknown family {model_cfg.arch!r} (known: {', '.join(sorted(FAMILIES))})")
+    is_video = FAMILIES[model_cfg.arch].spatial_dims == 3
     overrides: dict = {"drop_path_rate": model_cfg.drop_path_rate}
     if is_video:
         if model_cfg.tubelet is not None:

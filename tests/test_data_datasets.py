@@ -138,14 +138,14 @@ def test_ssv2_training_never_flips(tmp_path):
 
 def test_repeated_augmentation_decodes_once(synth_root, monkeypatch):
     calls = []
-    real = dataset_module.read_clip
+    real = dataset_module.start_clip_read
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
     ds = build_dataset(_cfg(synth_root, repeated_aug=3), "train", "finetune")
-    monkeypatch.setattr(dataset_module, "read_clip", counting)
+    monkeypatch.setattr(dataset_module, "start_clip_read", counting)
     item = ds[2]
     assert len(calls) == 1 and calls[0] == ds.records[2].path
     x = item["input"]

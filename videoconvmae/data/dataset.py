@@ -17,21 +17,22 @@ split only); ``label`` / ``index`` are repeated R times in the batch.
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
 from videoconvmae.data.sampling import dense_indices, segment_indices
 from videoconvmae.data.transforms import ClipTransform
-from videoconvmae.data.video import SKIP_REASONS, UnreadableError, check_file, decode_with_timeout, read_clip
+from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 
 MODES = ("pretrain", "finetune", "linprobe")
 
@@ -40,9 +41,8 @@ class DataError(ConfigError):
     """Unusable data (nothing readable, too many unreadable items); the message is one line."""
 
 
-def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
-    """uint8 [1, H, W, 3]: an image file decoded with PIL (a clip of one frame)."""
-    check_file(path)
+def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], np.ndarray]:
+    """Begin decoding an image file with PIL; ``wait()`` -> uint8 [1, H, W, 3] (a clip of one frame)."""
 
     def work() -> np.ndarray:
         from PIL import Image
@@ -51,14 +51,14 @@ def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
             with Image.open(path) as img:
                 return np.array(img.convert("RGB"))[None]
         except Exception as e:
-            raise UnreadableError("decode_error", path, f"{e.__class__.__name__}: {e}"[:200]) from None
+            raise UnreadableError("decode_error", path, describe(e)) from None
 
-    from videoconvmae.data.video import DecodeTimeout
+    return start_read(path, work, timeout_s)
 
-    try:
-        return decode_with_timeout(work, timeout_s)
-    except DecodeTimeout as e:
-        raise UnreadableError("timeout", path, str(e)) from None
+
+def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
+    """uint8 [1, H, W, 3]: an image file decoded with PIL."""
+    return start_image_read(path, timeout_s)()
 
 
 class ClipDataset(Dataset):
@@ -89,46 +89,70 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def choose_indices(self, num_video_frames: int, fps: float = 0.0) -> np.ndarray:
+    def choose_indices(self, num_video_frames: int, rng: random.Random) -> np.ndarray:
         cfg = self.cfg
         if cfg.dataset == "ssv2":
-            return segment_indices(num_video_frames, cfg.num_segments or cfg.num_frames, self.train)
-        return dense_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, self.train)
+            return segment_indices(num_video_frames, cfg.num_segments or cfg.num_frames, self.train, rng)
+        return dense_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, self.train, rng)
+
+    def start_load(self, record: VideoRecord) -> Callable[[], np.ndarray]:
+        """Begin decoding ``record`` in the decode thread; ``wait()`` -> uint8 [T, H, W, 3] or UnreadableError."""
+        timeout = self.cfg.decode_timeout_s
+        if self.is_image:
+            return start_image_read(record.path, timeout)
+        rng = random.Random(random.getrandbits(64))  # drawn here: the decode thread must not share `random`
+        return start_clip_read(record.path, self.cfg.decoder, lambda n, fps: self.choose_indices(n, rng), timeout)
 
     def load(self, record: VideoRecord) -> np.ndarray:
         """uint8 [T, H, W, 3] (T = 1 for images); raises UnreadableError."""
-        timeout = self.cfg.decode_timeout_s
-        if self.is_image:
-            return read_image(record.path, timeout)
-        return read_clip(record.path, self.cfg.decoder, self.choose_indices, timeout)
+        return self.start_load(record)()
 
     def replacement(self, index: int, attempt: int) -> int:
         """The deterministic stand-in for unreadable item ``index`` at retry ``attempt``."""
         return int(np.random.default_rng([self.cfg.seed, index, attempt]).integers(len(self.records)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def clip_shape(self) -> tuple[int, ...]:
+        """Shape of one augmented clip: [3, T, S, S], or [3, S, S] for images."""
+        cfg = self.cfg
+        t = cfg.num_segments or cfg.num_frames if cfg.dataset == "ssv2" else cfg.num_frames
+        return (3, cfg.input_size, cfg.input_size) if self.is_image else (3, t, cfg.input_size, cfg.input_size)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Items of a batch, augmented straight into the rows of one batch tensor (shared memory in a worker, so
+        ``collate`` and the hand-over to the main process copy nothing); the next item decodes in the decode
+        thread while this one is augmented."""
+        r = self.num_clips
+        batch = _new_tensor((len(indices) * r, *self.clip_shape()))
+        items = []
+        pending = self.start_load(self.records[indices[0]]) if len(indices) else None
+        for k, index in enumerate(indices):
+            frames, record, skips = self._wait_with_retries(index, pending)
+            pending = self.start_load(self.records[indices[k + 1]]) if k + 1 < len(indices) else None
+            rows = batch[k * r:(k + 1) * r]
+            for row in rows:
+                self.transform(frames, out=row.unsqueeze(1) if self.is_image else row)
+            items.append({"input": rows[0] if r == 1 else rows, "label": record.label, "index": int(index),
+                          "num_clips": r, "skips": skips, "_batch": batch})
+        return items
+
+    def _wait_with_retries(self, index: int, pending: Callable[[], np.ndarray]
+                           ) -> tuple[np.ndarray, VideoRecord, dict[str, int]]:
         skips: Counter[str] = Counter()
-        candidate, errors = index, []
+        record = self.records[index]
         for attempt in range(self.cfg.max_retries + 1):
-            record = self.records[candidate]
             try:
-                frames = self.load(record)
-                break
+                return pending(), record, dict(skips)
             except UnreadableError as e:
                 skips[e.reason] += 1
-                errors.append(str(e))
-                candidate = self.replacement(index, attempt)
-        else:
-            raise DataError(f"{self.annotation}: item {index} and its {self.cfg.max_retries} replacements are all "
-                            f"unreadable (last: {errors[-1]}); run `videoconvmae data check {self.annotation}`")
-        clips = [self._augment(frames) for _ in range(self.num_clips)]
-        x = clips[0] if self.num_clips == 1 else torch.stack(clips)
-        return {"input": x, "label": record.label, "index": index, "num_clips": self.num_clips,
-                "skips": dict(skips)}
-
-    def _augment(self, frames: np.ndarray) -> torch.Tensor:
-        x = self.transform(frames)
-        return x[:, 0] if self.is_image else x
+                last = e
+            if attempt < self.cfg.max_retries:
+                record = self.records[self.replacement(index, attempt)]
+                pending = self.start_load(record)
+        raise DataError(f"{self.annotation}: item {index} and its {self.cfg.max_retries} replacements are all "
+                        f"unreadable (last: {last}); run `videoconvmae data check {self.annotation}`")
 
     def _require_one_readable(self) -> None:
         """Fail now, naming the annotation, when not a single item can be read (wrong root, wrong format)."""
@@ -138,12 +162,21 @@ class ClipDataset(Dataset):
                 if self.is_image:
                     read_image(record.path, self.cfg.decode_timeout_s)
                 else:
-                    read_clip(record.path, self.cfg.decoder, lambda n, fps: [0], self.cfg.decode_timeout_s)
+                    start_clip_read(record.path, self.cfg.decoder, lambda n, fps: [0], self.cfg.decode_timeout_s)()
                 return
             except UnreadableError as e:
                 first_error = first_error or e
         raise DataError(f"{self.annotation}: none of its {len(self.records)} items is readable (first: "
                         f"{first_error}); check data.root={self.cfg.root!r} and data.decoder={self.cfg.decoder}")
+
+
+def _new_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """float32 ``shape``; in a DataLoader worker its storage is shared memory (as torch's default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0).new(storage).view(shape)
 
 
 def _validate(cfg: DataConfig) -> None:
@@ -180,7 +213,11 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         labels += [item["label"]] * r
         indices += [item["index"]] * r
         skips.update(item.get("skips", {}))
-    return {"input": torch.cat(inputs), "label": torch.tensor(labels, dtype=torch.long),
+    batch = items[0].get("_batch") if items else None
+    if not (batch is not None and all(item.get("_batch") is batch for item in items)
+            and sum(len(x) for x in inputs) == len(batch) and inputs[0].data_ptr() == batch.data_ptr()):
+        batch = torch.cat(inputs)  # items that were not augmented into one batch tensor together
+    return {"input": batch, "label": torch.tensor(labels, dtype=torch.long),
             "index": torch.tensor(indices, dtype=torch.long), "skips": {k: v for k, v in skips.items() if v}}
 
 

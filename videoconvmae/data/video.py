@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
@@ -162,13 +162,14 @@ _MAX_ABANDONED = 16  # hung decoder threads a process tolerates before it gives 
 
 
 class _Watchdog:
-    """One decode thread per process; the caller waits on it with a timeout.
+    """One decode thread per process; callers wait on its results with a timeout.
 
     Why a thread and not a subprocess: a thread hop costs tens of microseconds per decode, a process per decode
-    would cost milliseconds and a copy of every frame. A Python thread cannot be killed, so a decode that hangs
-    is abandoned (its thread keeps its memory until the decoder returns, if ever) and a fresh thread serves the
-    next decode; past ``_MAX_ABANDONED`` hung threads the process stops with a clear error instead of leaking
-    without bound. State is per process (DataLoader workers fork): the pid is checked on every call.
+    would cost milliseconds and a copy of every frame. The thread also lets a dataset decode the next item while
+    it augments the current one (decoders and torch ops release the GIL). A Python thread cannot be killed, so a
+    decode that hangs is abandoned (its thread keeps its memory until the decoder returns, if ever) and a fresh
+    thread serves the next decode; past ``_MAX_ABANDONED`` hung threads the process stops with a clear error
+    instead of leaking without bound. State is per process (DataLoader workers fork): the pid is checked.
     """
 
     def __init__(self) -> None:
@@ -177,21 +178,22 @@ class _Watchdog:
         self.abandoned = 0
         self._lock = threading.Lock()
 
-    def run(self, fn: Callable[[], T], timeout_s: float | None) -> T:
-        if not timeout_s or timeout_s <= 0:
-            return fn()
+    def submit(self, fn: Callable[[], T]) -> tuple[Future, ThreadPoolExecutor]:
         with self._lock:
             if self._pid != os.getpid() or self._pool is None:
                 self._pid, self._pool, self.abandoned = os.getpid(), ThreadPoolExecutor(1, "decode"), 0
-            pool = self._pool
-        future = pool.submit(fn)
+            return self._pool.submit(fn), self._pool
+
+    def result(self, handle: tuple[Future, ThreadPoolExecutor], timeout_s: float) -> T:
+        future, pool = handle
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:
             with self._lock:
                 pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-                self.abandoned += 1
+                if self._pool is pool:
+                    self._pool = None
+                    self.abandoned += 1
                 if self.abandoned > _MAX_ABANDONED:
                     raise RuntimeError(f"{self.abandoned} video decodes hung past data.decode_timeout_s="
                                        f"{timeout_s}; the decoder is stuck (try data.decoder=pyav)") from None
@@ -201,9 +203,19 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+def start_decode(fn: Callable[[], T], timeout_s: float | None) -> Callable[[], T]:
+    """Start ``fn()`` in the watchdog thread now; the returned ``wait()`` gives its result or raises
+    ``DecodeTimeout`` once ``timeout_s`` passed while waiting. ``timeout_s`` None / 0: no thread, ``fn`` runs
+    inside ``wait()``."""
+    if not timeout_s or timeout_s <= 0:
+        return fn
+    handle = _WATCHDOG.submit(fn)
+    return lambda: _WATCHDOG.result(handle, timeout_s)
+
+
 def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
     """``fn()`` run in the watchdog thread; raises ``DecodeTimeout`` after ``timeout_s`` (None / 0 = no limit)."""
-    return _WATCHDOG.run(fn, timeout_s)
+    return start_decode(fn, timeout_s)()
 
 
 SKIP_REASONS = ("missing", "empty", "open_error", "decode_error", "timeout")
@@ -217,7 +229,7 @@ class UnreadableError(Exception):
         self.reason, self.path, self.detail = reason, path, detail
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{e.__class__.__name__}: {text[0] if text else ''}"[:200]
 
@@ -232,30 +244,55 @@ def check_file(path: str) -> None:
         raise UnreadableError("empty", path, "zero bytes")
 
 
-def read_clip(path: str, backend: str, choose_indices: Callable[[int, float], Sequence[int]],
-              timeout_s: float | None = None) -> np.ndarray:
-    """Open, pick indices from (num_frames, fps), decode, close: one item's decode under one time limit.
+def start_read(path: str, work: Callable[[], np.ndarray], timeout_s: float | None) -> Callable[[], np.ndarray]:
+    """Start ``work`` (a decode of ``path`` raising UnreadableError) under the time limit; ``wait()`` -> frames."""
+    try:
+        check_file(path)
+    except UnreadableError as e:
+        error = e
 
-    Every failure becomes ``UnreadableError`` with the stage it failed in as its reason.
+        def fail() -> np.ndarray:
+            raise error
+
+        return fail
+    wait = start_decode(work, timeout_s)
+
+    def result() -> np.ndarray:
+        try:
+            return wait()
+        except DecodeTimeout as e:
+            raise UnreadableError("timeout", path, str(e)) from None
+
+    return result
+
+
+def start_clip_read(path: str, backend: str, choose_indices: Callable[[int, float], Sequence[int]],
+                    timeout_s: float | None = None) -> Callable[[], np.ndarray]:
+    """Begin open + choose indices from (num_frames, fps) + decode + close; ``wait()`` -> uint8 [T, H, W, 3].
+
+    Every failure becomes ``UnreadableError`` with the stage it failed in as its reason. ``choose_indices`` runs
+    in the decode thread: give it its own random generator.
     """
-    check_file(path)
 
     def work() -> np.ndarray:
         try:
             reader = open_video(path, backend)
         except Exception as e:  # decord's DECORDError is not a RuntimeError
-            raise UnreadableError("open_error", path, _describe(e)) from None
+            raise UnreadableError("open_error", path, describe(e)) from None
         try:
             frames = reader.get_frames(choose_indices(reader.num_frames, reader.fps))
         except Exception as e:
-            raise UnreadableError("decode_error", path, _describe(e)) from None
+            raise UnreadableError("decode_error", path, describe(e)) from None
         finally:
             reader.close()
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise UnreadableError("decode_error", path, f"got frames {frames.dtype} {tuple(frames.shape)}")
         return frames
 
-    try:
-        return decode_with_timeout(work, timeout_s)
-    except DecodeTimeout as e:
-        raise UnreadableError("timeout", path, str(e)) from None
+    return start_read(path, work, timeout_s)
+
+
+def read_clip(path: str, backend: str, choose_indices: Callable[[int, float], Sequence[int]],
+              timeout_s: float | None = None) -> np.ndarray:
+    """``start_clip_read(...)()``: one item's whole decode under one time limit."""
+    return start_clip_read(path, backend, choose_indices, timeout_s)()

@@ -193,6 +193,9 @@ def run_eval(cfg: Config) -> dict:
     from videoconvmae.engine.distributed import broadcast_object, init_distributed
 
     shard_i, shard_n = parse_shard(cfg.eval.shard)
+    if cfg.data.input_size > cfg.data.short_side_size:
+        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
+                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
     state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
     model_cfg = eval_model_config(cfg, saved)
     records, class_names = load_records(cfg.data, cfg.eval.split)

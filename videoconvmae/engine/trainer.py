@@ -49,7 +49,7 @@ class TaskParts:
     evaluate: Callable[[nn.Module], dict] | None = None  # model -> metrics (called on every rank)
     generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved / restored with the RNG
     train_mode: Callable[[nn.Module], None] | None = None  # sets train/eval modes (linprobe: frozen encoder)
-    skip_stats: Any = None  # data.SkipStats-like: update(skips), totals(), check(max_fraction)
+    skip_stats: Any = None  # data.SkipStats: update(batch), as_dict(), summary(), check(max_fraction), state
     ema: Any = None  # timm ModelEmaV3 (or alike): update(model, step), .module
 
 
@@ -156,7 +156,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- state
     def _rng_all_ranks(self) -> list[dict]:
+        """Per-rank state: RNG streams (and the rank's data skip counts, kept beside them)."""
         mine = ckpt_io.rng_state(self.parts.generators)
+        if self.parts.skip_stats is not None:
+            mine["skip_stats"] = self.parts.skip_stats.state_dict()
         if not self.dist.distributed:
             return [mine]
         gathered: list[Any] = [None] * self.dist.world_size
@@ -222,7 +225,10 @@ class Trainer:
         self.nonfinite_total = int(ckpt.get("nonfinite_steps", 0))
         rng = ckpt["rng"]
         if rng.get("world_size") == self.dist.world_size:
-            ckpt_io.set_rng_state(rng["ranks"][self.dist.rank], self.parts.generators)
+            mine = rng["ranks"][self.dist.rank]
+            ckpt_io.set_rng_state(mine, self.parts.generators)
+            if self.parts.skip_stats is not None and "skip_stats" in mine:
+                self.parts.skip_stats.load_state_dict(mine["skip_stats"])
         else:
             warnings.warn(f"{path}: saved with {rng.get('world_size')} processes, resuming with "
                           f"{self.dist.world_size}: RNG streams are reseeded (data order is unchanged)",
@@ -255,9 +261,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, clips, extras = [], 0, {}
         for k in range(self.accum):
-            batch = _to_device(next(batches), self.dist.device)
+            batch = next(batches)
             if self.parts.skip_stats is not None and "skips" in batch:
-                self.parts.skip_stats.update(batch["skips"], len(batch["input"]))
+                self.parts.skip_stats.update(batch)
+            batch = _to_device(batch, self.dist.device)
             clips += len(batch["input"])
             last = k == self.accum - 1
             sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
@@ -305,12 +312,14 @@ class Trainer:
         metrics: dict[str, Any] = {}
         stats = self.parts.skip_stats
         if stats is not None:
-            totals = stats.totals()
+            totals = stats.as_dict()
             if self.dist.distributed:
                 gathered: list[Any] = [None] * self.dist.world_size
                 torch.distributed.all_gather_object(gathered, totals)
-                totals = {k: sum(t.get(k, 0) for t in gathered) for k in set().union(*gathered)}
-            metrics["skips"] = totals
+                totals = {k: sum(t.get(k, 0) for t in gathered) for k in sorted(set().union(*gathered))}
+            metrics.update(totals)
+            log.event("data", step=self.step, summary=stats.summary() + (" (rank 0)" if self.dist.distributed
+                                                                          else ""))
             stats.check(self.cfg.data.max_skip_fraction)
         last_epoch = (epoch + 1) * self.steps_per_epoch >= self.total_steps
         if self.parts.evaluate is not None and ((epoch + 1) % self.cfg.train.eval_every_epochs == 0 or last_epoch):

@@ -1,0 +1,179 @@
+"""``videoconvmae visualize CHECKPOINT INPUT --out FILE``: original / masked / reconstruction side by side.
+
+Panels, left to right: the input, the visible part (masked cells grey), the model's prediction for every cell,
+and the prediction pasted into the masked cells only. With ``norm_pix_loss`` the model predicts per-patch
+normalised pixels, so each predicted patch is mapped back with the mean / std of the true patch (as MAE's demo
+does): the picture shows structure, not the absolute colour the model never had to predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videoconvmae.config import Config, ConfigError, from_dict
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_pretrain_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
+    """A pretrain model from a training checkpoint or exported ``weights.pt`` (both carry the config)."""
+    from videoconvmae.models import build_model
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{checkpoint}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"{checkpoint}: expected a videoconvmae checkpoint or weights.pt with 'model' and 'config'")
+    cfg = from_dict(ckpt["config"])
+    if cfg.task != "pretrain":
+        raise ConfigError(f"{checkpoint}: a {cfg.task} checkpoint; visualize needs a pretrain checkpoint")
+    model_cfg = dataclasses.replace(cfg.model, pretrained="")
+    model = build_model(model_cfg, "pretrain")
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def _resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """[T, 3, H, W] float -> [T, 3, size, size]: short side to ``size``, then the centre square."""
+    h, w = frames.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return frames[..., top:top + size, left:left + size]
+
+
+def clip_indices(num_frames_in_video: int, cfg: Config) -> list[int]:
+    """The clip a video model sees: SSV2 one frame per uniform segment; otherwise dense frames at
+    ``sampling_rate`` around the video's centre."""
+    t, n = cfg.data.num_frames, num_frames_in_video
+    if cfg.data.dataset == "ssv2":
+        return [min(n - 1, int((i + 0.5) * n / t)) for i in range(t)]
+    span = (t - 1) * cfg.data.sampling_rate + 1
+    start = max(0, (n - span) // 2)
+    return [min(n - 1, start + i * cfg.data.sampling_rate) for i in range(t)]
+
+
+def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor, float]:
+    """Normalised model input ``[1, 3, (T,) S, S]`` and the fps for the output video."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: input file not found")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))[None]  # [1, H, W, 3]
+        fps = 1.0
+        if video:  # a still image as a static clip
+            arr = np.repeat(arr, cfg.data.num_frames, axis=0)
+    else:
+        if not video:
+            raise ConfigError(f"{path}: an image model needs an image input ({', '.join(IMAGE_SUFFIXES)})")
+        from videoconvmae.data import open_video
+
+        reader = open_video(str(path), cfg.data.decoder)
+        try:
+            arr = reader.get_frames(clip_indices(reader.num_frames, cfg))
+            fps = float(reader.fps or 25.0) / (1 if cfg.data.dataset == "ssv2" else cfg.data.sampling_rate)
+        finally:
+            reader.close()
+    frames = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float() / 255.0
+    frames = _resize_center_crop(frames, cfg.data.input_size)
+    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
+    frames = (frames - mean) / std
+    x = frames.permute(1, 0, 2, 3)[None] if video else frames  # [1, 3, T, S, S] or [1, 3, S, S]
+    return x, fps
+
+
+@torch.no_grad()
+def reconstruct(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """original, masked (visible cells), prediction, prediction pasted into masked cells; all like ``x``."""
+    out = model(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+    pred, mask = out["pred"].float(), out["mask"]
+    if getattr(model, "norm_pix_loss", False):
+        target = model.patchify(x)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    recon = model.unpatchify(pred, x.shape)
+    hidden = model.unpatchify(mask[..., None].float().expand(-1, -1, pred.shape[-1]), x.shape)  # 1 = masked
+    return {"original": x, "masked": x * (1 - hidden), "reconstruction": recon,
+            "pasted": x * (1 - hidden) + recon * hidden, "hidden": hidden}
+
+
+def _to_uint8(x: torch.Tensor, cfg: Config) -> np.ndarray:
+    """[1, 3, (T,) H, W] normalised -> uint8 [T, H, W, 3]."""
+    x = x[0]
+    if x.ndim == 3:
+        x = x[:, None]
+    mean = torch.tensor(cfg.data.mean).view(3, 1, 1, 1)
+    std = torch.tensor(cfg.data.std).view(3, 1, 1, 1)
+    img = (x * std + mean).clamp(0, 1) * 255
+    return img.round().byte().permute(1, 2, 3, 0).numpy()
+
+
+def side_by_side(panels: dict[str, torch.Tensor], cfg: Config) -> np.ndarray:
+    """uint8 [T, H, 4*W + 3*gap, 3]: original | masked (grey cells) | reconstruction | pasted."""
+    masked = _to_uint8(panels["masked"], cfg)
+    hidden_px = panels["hidden"][0, 0]
+    hidden_px = (hidden_px[None] if hidden_px.ndim == 2 else hidden_px).numpy() > 0.5  # [T, H, W]
+    masked[hidden_px] = 128
+    parts = [_to_uint8(panels["original"], cfg), masked, _to_uint8(panels["reconstruction"], cfg),
+             _to_uint8(panels["pasted"], cfg)]
+    t, h = parts[0].shape[:2]
+    gap = np.full((t, h, 4, 3), 255, np.uint8)
+    row = [parts[0]]
+    for p in parts[1:]:
+        row += [gap, p]
+    return np.concatenate(row, axis=2)
+
+
+def write_output(frames: np.ndarray, out: str | Path, fps: float) -> Path:
+    """png for one frame, gif (PIL) or mp4 (PyAV, H.264) for several."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    from PIL import Image
+
+    if suffix == ".png":
+        if len(frames) != 1:
+            raise ConfigError(f"--out {out}: a video gives several frames; use .gif or .mp4")
+        Image.fromarray(frames[0]).save(out)
+    elif suffix == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(out, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), loop=0)
+    elif suffix == ".mp4":
+        import av
+
+        h, w = frames.shape[1:3]
+        pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))  # yuv420p needs even sizes
+        frames = np.pad(frames, pad)
+        with av.open(str(out), "w") as container:
+            stream = container.add_stream("libx264", rate=max(1, round(fps)))
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            for f in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            container.mux(stream.encode())
+    else:
+        raise ConfigError(f"--out {out}: expected a .png (image), .gif or .mp4 (video) file name")
+    return out
+
+
+def visualize(checkpoint: str | Path, input_path: str | Path, out: str | Path, seed: int = 0,
+              mask_ratio: float | None = None) -> Path:
+    model, cfg = load_pretrain_model(checkpoint)
+    if mask_ratio is not None:
+        model.mask_ratio = mask_ratio
+    x, fps = load_input(input_path, cfg, video=model.spatial_dims == 3)
+    frames = side_by_side(reconstruct(model, x, seed), cfg)
+    return write_output(frames, out, fps)

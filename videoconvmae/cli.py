@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -82,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UserError) as e:
+    except (ConfigError, UserError, ValueError, FileNotFoundError) as e:
+        # Bad input (preset, key, value, file, size) -> one line. Set VIDEOCONVMAE_DEBUG=1 for the traceback.
+        if os.environ.get("VIDEOCONVMAE_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ import torch
 
 import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
-from videoconvmae.config import from_dict, load_config, to_dict
+from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.data.records import load_records
 from videoconvmae.eval.inputs import ViewsDataset
 from videoconvmae.eval.merge import merge_shards
@@ -120,12 +120,16 @@ def test_three_shards_merged_equal_the_unsharded_run(k400, tmp_path, mode):
     assert len(np.unique(a_scores.argmax(1))) > 1  # the model's predictions depend on the video
 
 
-def test_missing_shard_is_an_error(k400, tmp_path):
+def test_missing_or_duplicated_shard_is_an_error_complete_set_merges(k400, tmp_path):
     for i in (0, 2):
         run_eval(_with(k400, out_dir=str(tmp_path), shard=f"{i}/3"))
     assert main(["eval", "merge", str(tmp_path / "shard-0-of-3"), str(tmp_path / "shard-2-of-3")]) == 2
     assert main(["eval", "merge", str(tmp_path / "shard-0-of-3"), str(tmp_path / "shard-0-of-3"),
                  str(tmp_path / "shard-2-of-3")]) == 2
+    run_eval(_with(k400, out_dir=str(tmp_path), shard="1/3"))
+    shards = [str(tmp_path / f"shard-{i}-of-3") for i in (2, 0, 1)]  # any order
+    assert main(["eval", "merge", *shards, "--out", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["num_evaluated"] == 10
 
 
 def test_unreadable_videos_are_listed_and_counted(k400, synth_root, tmp_path):
@@ -214,3 +218,16 @@ def test_two_ddp_ranks_split_a_shard_and_rank0_writes_it_whole(k400, tmp_path):
     b_ids, _, b_scores = load_predictions(tmp_path / "two" / "shard-1-of-2" / "predictions.npz")
     assert a_ids == b_ids  # rank 0 puts both ranks' videos back in annotation order
     np.testing.assert_allclose(a_scores, b_scores, rtol=0, atol=1e-6)
+
+
+def test_bad_checkpoints_are_one_line_errors(k400, tmp_path):
+    ckpt = torch.load(k400.eval.checkpoint, weights_only=True)
+    ckpt["model"]["head.weight"] = torch.zeros(7, ckpt["model"]["head.weight"].shape[1])
+    ckpt["model"]["head.bias"] = torch.zeros(7)
+    torch.save(ckpt, tmp_path / "seven.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for path, needle in [(tmp_path / "seven.pt", "do not fit videoconvmae_tiny_cls with 5 classes"),
+                         (tmp_path / "junk.pt", "cannot be loaded"), (tmp_path / "none.pt", "no such file")]:
+        with pytest.raises(ConfigError, match=needle) as e:
+            run_eval(_with(k400, checkpoint=str(path), out_dir=str(tmp_path / "out")))
+        assert "\n" not in str(e.value)

@@ -116,6 +116,7 @@ def test_three_shards_merged_equal_the_unsharded_run(k400, tmp_path, mode):
     order = [b_ids.index(v) for v in a_ids]
     assert sorted(a_ids) == sorted(b_ids) and len(set(a_ids)) == 10
     assert np.array_equal(a_labels, b_labels[order])
+    # bit-identical here; a BLAS may pick another kernel for another batch size, so allow float32 noise
     np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)
     assert len(np.unique(a_scores.argmax(1))) > 1  # the model's predictions depend on the video
 

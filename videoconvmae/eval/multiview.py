@@ -149,14 +149,14 @@ def _autocast(device: torch.device, precision: str):
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str,
             mean: list[float], std: list[float], precision: str = "fp32",
-            progress: bool = False) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+            progress: bool = False, unit: str = "video") -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """(positions, aggregated scores [N, K], [(position, error)] of unreadable items) over ``loader``."""
     from tqdm import tqdm
 
     positions: list[int] = []
     scores: list[torch.Tensor] = []
     failed: list[tuple[int, str]] = []
-    bar = tqdm(total=len(loader.dataset), unit="video", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=len(loader.dataset), unit=unit, dynamic_ncols=True, disable=not progress)  # rate + ETA
     for items in loader:
         ok = [it for it in items if it["views"] is not None]
         failed += [(it["position"], it["error"]) for it in items if it["views"] is None]
@@ -199,8 +199,6 @@ def run_eval(cfg: Config) -> dict:
     state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
     model_cfg = eval_model_config(cfg, saved)
     records, class_names = load_records(cfg.data, cfg.eval.split)
-    if not records:
-        raise ConfigError(f"data: the {cfg.eval.split} annotation of {cfg.data.dataset} lists no items")
 
     was_initialised = dist.is_initialized()
     info = init_distributed(cfg.train.dist_backend, cfg.train.device)
@@ -214,7 +212,8 @@ def run_eval(cfg: Config) -> dict:
                             shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
                             pin_memory=info.device.type == "cuda")
         part = predict(model, loader, info.device, cfg.eval.aggregation, cfg.data.mean, cfg.data.std,
-                       cfg.train.precision, progress=cfg.train.progress and info.is_main)
+                       cfg.train.precision, progress=cfg.train.progress and info.is_main,
+                       unit="image" if cfg.data.dataset == "imagefolder" else "video")
         parts = _gather(part)
         summary = None
         if info.is_main:

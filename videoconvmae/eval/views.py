@@ -2,7 +2,8 @@
 
 Notation: a video has ``L`` frames of ``H x W`` pixels; the model takes clips of ``c`` frames
 (``data.num_frames``) of ``s x s`` pixels (``data.input_size``); ``q`` = ``data.short_side_size``;
-``T`` temporal and ``S`` spatial views; ``int`` truncates toward zero, as Python's ``int()``.
+``T`` temporal and ``S`` spatial views; ``int`` truncates toward zero and ``round`` sends halves to even,
+as Python's (and so upstream's) ``int()`` / ``round()``. Upstream decodes with ``keep_aspect_ratio=True``.
 
 Kinetics (dense sampling, VideoMAE ``kinetics.py`` test mode, stride ``r`` = ``data.sampling_rate``):
     buffer = [0, r, 2r, ..., r * (ceil(L / r) - 1)], padded with its last element to at least c entries

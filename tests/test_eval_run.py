@@ -133,7 +133,7 @@ def test_missing_or_duplicated_shard_is_an_error_complete_set_merges(k400, tmp_p
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["num_evaluated"] == 10
 
 
-def test_unreadable_videos_are_listed_and_counted(k400, synth_root, tmp_path):
+def test_unreadable_videos_are_listed_and_counted(k400, synth_root, tmp_path, capsys):
     lines = (synth_root / "k400" / "val.txt").read_text().splitlines()
     (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
     lines += [f"{tmp_path / 'corrupt.mp4'} 1", f"{tmp_path / 'missing.mp4'} 0"]
@@ -149,6 +149,13 @@ def test_unreadable_videos_are_listed_and_counted(k400, synth_root, tmp_path):
     assert set(bad) == {"corrupt.mp4", "missing.mp4"} and "no such file" in bad["missing.mp4"]
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["num_unreadable"] == 2 and len(saved["unreadable"]) == 2
+    # the command writes the report, then fails when more than data.max_skip_fraction is unreadable
+    words = ["eval", k400.eval.checkpoint, f"data.val_annotation={listing}", f"eval.out_dir={tmp_path / 'cli'}",
+             f"data.train_annotation={cfg.data.train_annotation}", "eval.num_temporal_views=1"]
+    assert main(words) == 2
+    assert "2 of 12 items unreadable (> data.max_skip_fraction=0.05)" in capsys.readouterr().err
+    assert (tmp_path / "cli" / "metrics.json").is_file()
+    assert main([*words, "data.max_skip_fraction=0.2"]) == 0
 
 
 def test_ssv2_two_by_three_and_image_mode(synth_root, tmp_path):

@@ -18,7 +18,7 @@ class EvalConfig:
     out_dir: str = ""  # where predictions / metrics go; '' = <train.output_dir>/eval[/shard-i-of-n]
     batch_videos: int = 4  # videos whose views are batched together in one forward
     image_interpolation: str = "bicubic"  # image mode resize filter (PIL): bicubic | bilinear
-    confusion_max_classes: int = 100  # draw the confusion-matrix PNG only up to this many classes (0 = never)
+    confusion_max_classes: int = 1000  # draw the confusion-matrix PNG only up to this many classes (0 = never)
 
     def __post_init__(self) -> None:
         i, _, n = self.shard.partition("/")

@@ -43,7 +43,7 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
 
 def write_report(out_dir: str | os.PathLike, *, video_ids: Sequence[str], labels: np.ndarray, scores: np.ndarray,
                  class_names: Sequence[str], unreadable: list[dict], run: dict, shard: dict,
-                 confusion_max_classes: int = 100) -> dict:
+                 confusion_max_classes: int = 1000) -> dict:
     """Compute the metrics of ``scores`` [N, K] against ``labels`` [N] and write every output file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -231,3 +231,37 @@ def test_mixup_cutmix_cuts_the_same_box_in_every_frame():
     lam = 1 - box[0].float().mean()  # the soft label follows the pasted area
     torch.testing.assert_close(soft[0, 0], lam * 0.925 + (1 - lam) * 0.025, atol=1e-5, rtol=0)
     assert build_mixup(DataConfig(mixup=0.0, cutmix=0.0), 4) is None
+
+
+def test_batched_fetch_fills_one_tensor_and_matches_single_items(synth_root):
+    """``__getitems__`` (what a DataLoader calls) augments into one batch tensor that ``collate`` hands on without
+    a copy; on the deterministic val pipeline it equals item-by-item fetching."""
+    for dataset in ("k400", "ssv2", "imagefolder"):
+        ds = build_dataset(_cfg(synth_root, dataset), "val", "finetune")
+        items = ds.__getitems__([3, 0, 5])
+        batch = collate(items)
+        assert batch["input"].data_ptr() == items[0]["input"].data_ptr()  # no copy
+        single = collate([ds[3], ds[0], ds[5]])
+        torch.testing.assert_close(batch["input"], single["input"], atol=0, rtol=0)
+        assert batch["index"].tolist() == [3, 0, 5] and torch.equal(batch["label"], single["label"])
+
+
+def test_a_hanging_decode_is_skipped_as_timeout(synth_root, monkeypatch):
+    import time
+
+    import videoconvmae.data.video as video_module
+
+    ds = build_dataset(_cfg(synth_root, decode_timeout_s=0.5), "train", "pretrain")
+    real_open, hung = video_module.open_video, ds.records[2].path
+
+    def hanging_open(path, backend="decord"):
+        if path == hung:
+            time.sleep(3)  # a decoder stuck in C code, as dmlc/decord #269 reports
+        return real_open(path, backend)
+
+    monkeypatch.setattr(video_module, "open_video", hanging_open)
+    start = time.monotonic()
+    batch = collate(ds.__getitems__([1, 2, 3]))
+    assert time.monotonic() - start < 2.5
+    assert batch["skips"] == {"timeout": 1} and batch["index"].tolist() == [1, 2, 3]
+    assert batch["label"][1] == ds.records[ds.replacement(2, 0)].label

@@ -14,9 +14,10 @@ Every failure is an ``Exception`` (decord's DECORDError is not a RuntimeError): 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
@@ -161,6 +162,35 @@ T = TypeVar("T")
 _MAX_ABANDONED = 16  # hung decoder threads a process tolerates before it gives up
 
 
+class _DecodeThread:
+    """A daemon thread running submitted functions in order (daemon: a hung decode never blocks exit, which a
+    ThreadPoolExecutor thread would, as the interpreter joins those at shutdown)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="decode", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fn, future = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:
+                    future.set_exception(e)
+
+    def submit(self, fn: Callable[[], T]) -> Future:
+        future: Future = Future()
+        self.jobs.put((fn, future))
+        return future
+
+    def retire(self) -> None:
+        self.jobs.put(None)  # the thread ends after the job it is stuck in, if that ever returns
+
+
 class _Watchdog:
     """One decode thread per process; callers wait on its results with a timeout.
 
@@ -174,25 +204,28 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._pid = -1
-        self._pool: ThreadPoolExecutor | None = None
+        self._thread: _DecodeThread | None = None
         self.abandoned = 0
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[[], T]) -> tuple[Future, ThreadPoolExecutor]:
+    def submit(self, fn: Callable[[], T]) -> tuple[Future, _DecodeThread]:
         with self._lock:
-            if self._pid != os.getpid() or self._pool is None:
-                self._pid, self._pool, self.abandoned = os.getpid(), ThreadPoolExecutor(1, "decode"), 0
-            return self._pool.submit(fn), self._pool
+            if self._pid != os.getpid() or self._thread is None:
+                if self._pid != os.getpid():
+                    self.abandoned = 0
+                self._pid, self._thread = os.getpid(), _DecodeThread()
+            return self._thread.submit(fn), self._thread
 
-    def result(self, handle: tuple[Future, ThreadPoolExecutor], timeout_s: float) -> T:
-        future, pool = handle
+    def result(self, handle: tuple[Future, _DecodeThread], timeout_s: float) -> T:
+        future, thread = handle
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:
+            future.cancel()
             with self._lock:
-                pool.shutdown(wait=False, cancel_futures=True)
-                if self._pool is pool:
-                    self._pool = None
+                if self._thread is thread:
+                    thread.retire()
+                    self._thread = None
                     self.abandoned += 1
                 if self.abandoned > _MAX_ABANDONED:
                     raise RuntimeError(f"{self.abandoned} video decodes hung past data.decode_timeout_s="

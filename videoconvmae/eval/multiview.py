@@ -99,7 +99,13 @@ def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
     """The checkpoint's own model section (the weights fix the architecture), else ``cfg.model``."""
     model_cfg = from_dict(saved).model if saved else cfg.model
     # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
-    return dataclasses.replace(model_cfg, pretrained="")
+    model_cfg = dataclasses.replace(model_cfg, pretrained="")
+    asked = dataclasses.replace(cfg.model, pretrained="")
+    if saved and model_cfg != asked:
+        differ = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(asked, f.name)]
+        print(f"eval: model.* comes from the checkpoint's saved config ({model_cfg.arch}); the run config's "
+              f"differing model.{', model.'.join(differ)} is not used")
+    return model_cfg
 
 
 def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:

@@ -46,14 +46,18 @@ def slurm(tmp_path_factory):
         os.environ["SLURM_CONF"] = previous
 
 
-def _wait_for(predicate, timeout_s: float, what: str, interval: float = 0.3):
+def _wait_for(predicate, timeout_s: float, what: str, interval: float = 0.3, job=None):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    logs = ""
+    if job is not None:  # what the job said, to diagnose from the test report alone
+        logs = "".join(f"\n--- {p}:\n" + Path(p).read_text()[-3000:] for p in (job.paths.stdout, job.paths.stderr)
+                       if Path(p).exists())
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{logs}")
 
 
 def _squeue_state(cluster: LocalSlurm, job_id: str) -> str:
@@ -89,7 +93,7 @@ def test_preempted_job_resumes_at_the_step_boundary(slurm, tmp_path):
     _wait_for(lambda: state_path.exists() and json.loads(state_path.read_text())["step"] >= 3, 90,
               "the toy run to reach step 3")
     job._interrupt()  # preemption: SIGTERM then SIGUSR2, as Slurm does
-    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the job to be requeued")
+    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the job to be requeued", job=job)
     result = job.result()
     assert result["status"] == "completed"
     assert result["step"] == steps
@@ -150,3 +154,113 @@ def test_cancelled_job_reports_state(slurm, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CANCELLED" in err and f"[log: {job.paths.stderr}]" in err
     assert registry.read(str(tmp_path / "jobs.jsonl"))[0]["job_id"] == str(job.job_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: the real engine and eval on the synthetic data, through Slurm.
+
+def _tiny(synth_root, output_dir, *extra: str) -> list[str]:
+    """Overrides shrinking pretrain_k400_tiny / finetune_k400_tiny to a few-second run on the session synth set."""
+    k400 = synth_root / "k400"
+    return [f"data.root={k400}", f"data.train_annotation={k400}/train.csv", f"data.val_annotation={k400}/val.csv",
+            "data.input_size=32", "data.short_side_size=32", "data.num_frames=4", "data.batch_size=4",
+            "data.num_workers=1", "train.progress=false", "train.log_every_steps=1",
+            f"train.output_dir={output_dir}", *CPU_JOB, *extra]
+
+
+def _steps_logged(output_dir: Path) -> int:
+    path = output_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(ln).get("step", 0) for ln in path.read_text().splitlines() if ln.strip()]
+    return max(steps, default=0)
+
+
+def test_tiny_pretrain_launched_from_the_cli_completes_and_its_checkpoint_loads(slurm, synth_root, tmp_path,
+                                                                                 capsys):
+    import torch
+
+    from videoconvmae.engine.checkpoint import list_checkpoints, load_checkpoint
+    from videoconvmae.models import build_model
+
+    out = tmp_path / "pretrain"
+    reg = tmp_path / "jobs.jsonl"
+    argv = ["launch", "pretrain", "pretrain_k400_tiny", *_tiny(synth_root, out, "train.max_steps=4"),
+            f"slurm.registry={reg}", "--wait"]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert re.search(r"^job \d+ done: status=completed step=4 ", printed, re.M), printed
+    ckpt = load_checkpoint(list_checkpoints(out)[0])
+    assert ckpt["step"] == 4 and ckpt["config"]["train"]["output_dir"] == str(out)
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    from videoconvmae.config import from_dict
+
+    model = build_model(from_dict(weights["config"]).model, "pretrain")
+    model.load_state_dict(weights["model"])  # strict: every key of the trained model is there
+    rec = registry.read(str(reg))[0]
+    assert rec["task"] == "pretrain" and rec["preset"] == "pretrain_k400_tiny" and Path(rec["stderr"]).is_file()
+
+
+def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm, synth_root, tmp_path):
+    import torch
+
+    steps = 24  # 3 steps per epoch on the synthetic set: the stop lands mid-epoch more often than not
+    common = ["train.max_steps=24", "optim.epochs=10", "train.ckpt_every_steps=1000",
+              f"slurm.registry={tmp_path / 'jobs.jsonl'}"]
+    ref = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, tmp_path / "ref", *common)).jobs[0]
+    cut_dir = tmp_path / "cut"
+    cut = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *common)).jobs[0]
+    _wait_for(lambda: _steps_logged(cut_dir) >= 4, 180, "the run to reach step 4")
+    cut._interrupt()  # SIGTERM + SIGUSR2, as a preemption
+    _wait_for(lambda: _release_if_requeued(slurm, cut.job_id), 90, "the preempted job to be requeued", job=cut)
+    r_ref, r_cut = ref.result(), cut.result()
+    assert r_ref["status"] == r_cut["status"] == "completed" and r_ref["step"] == r_cut["step"] == steps
+
+    starts = [json.loads(ln) for ln in (cut_dir / "metrics.jsonl").read_text().splitlines()
+              if '"event": "start"' in ln]
+    assert len(starts) == 2, "the job was not requeued and resumed"
+    stopped_at = starts[1]["step"]
+    assert 4 <= stopped_at < steps and starts[1]["resumed_from"].endswith(f"checkpoint-{stopped_at:08d}.pt")
+    a = torch.load(tmp_path / "ref" / "weights.pt", weights_only=True)["model"]
+    b = torch.load(cut_dir / "weights.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs from the uninterrupted one in {different[:5]}"
+
+
+def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root, tmp_path):
+    import numpy as np
+    import torch
+
+    from videoconvmae.config import load_config, to_dict
+    from videoconvmae.eval.metrics import load_predictions
+    from videoconvmae.models import build_model
+
+    base = _tiny(synth_root, tmp_path / "run", "eval.num_temporal_views=2", "eval.num_spatial_views=2",
+                 f"slurm.registry={tmp_path / 'jobs.jsonl'}")
+    cfg = load_config("finetune_k400_tiny", [*base, "model.pretrained=''", "model.drop_path_rate=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, "finetune", 5)
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
+    eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
+
+    single = launch("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
+    arrayed = launch("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
+                                                     "slurm.array=3"])
+    shard_ids = [str(j.job_id) for j in arrayed.jobs]
+    array_id = shard_ids[0].split("_")[0]
+    assert shard_ids == [f"{array_id}_{i}" for i in range(3)]
+    submission = Path(arrayed.merge.paths.submission_file).read_text()
+    assert f"--dependency=afterok:{array_id}" in submission
+
+    full, merged = single.jobs[0].result(), arrayed.merge.result()
+    for key in ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable"):
+        assert merged[key] == full[key], key
+    assert merged["num_evaluated"] == 10
+    assert sorted(p.name for p in (tmp_path / "array").iterdir() if p.name.startswith("shard-")) == [
+        "shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
+    a_ids, a_labels, a_scores = load_predictions(tmp_path / "single" / "predictions.npz")
+    b_ids, b_labels, b_scores = load_predictions(tmp_path / "array" / "predictions.npz")
+    order = [b_ids.index(v) for v in a_ids]
+    assert np.array_equal(a_labels, b_labels[order])
+    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)

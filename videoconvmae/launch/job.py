@@ -85,6 +85,12 @@ def _export_local_ranks(env: submitit.JobEnvironment | None) -> None:
 class StopOnSignal:
     """Inside a submitit job: the preemption / time-limit signal sets ``stop_event`` instead of exiting mid-step.
 
+    The preemption signals (SIGUSR2 and SIGTERM) are blocked in the main thread and taken by a watcher thread
+    with ``sigtimedwait``. The mask is inherited by every process the run forks or spawns, which is the point:
+    Slurm signals ALL processes of the step, and a DataLoader worker dies of a SIGTERM that does not come from
+    its parent (torch's worker handler), which would crash the run instead of letting it checkpoint. Blocked,
+    the signal stays pending in the workers; the main process decides. A Python-level SIGUSR2 handler doing the
+    same (set ``stop_event``) covers a thread created before the mask that might still receive it.
     ``requeue()`` then does what submitit's handler would have done, at a step boundary.
     """
 
@@ -94,6 +100,10 @@ class StopOnSignal:
         self._env = _submitit_environment()
         self._handler: SignalHandler | None = None
         self._previous: Any = None
+        self._signals: set[int] = set()
+        self._old_mask: set[int] = set()
+        self._done = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> StopOnSignal:
         if self._env is None or threading.current_thread() is not threading.main_thread():
@@ -101,12 +111,34 @@ class StopOnSignal:
         paths = self._env.paths
         delayed = DelayedSubmission.load(paths.submitted_pickle)  # for its time-out countdown and checkpoint()
         self._handler = SignalHandler(self._env, paths, delayed)
-        self._previous = signal.signal(self._env._usr_sig(), self._on_signal)
+        usr = self._env._usr_sig()
+        self._previous = signal.signal(usr, self._on_signal)
+        self._signals = {usr, signal.SIGTERM}
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._signals)
+        self._watcher = threading.Thread(target=self._watch, name="preemption-signals", daemon=True)
+        self._watcher.start()  # created after the mask: it inherits it, as sigtimedwait requires
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handler is not None and self._env is not None:
-            signal.signal(self._env._usr_sig(), self._previous)
+        if self._handler is None or self._env is None:
+            return
+        self._done.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        while signal.sigtimedwait(self._signals, 0) is not None:  # arrived after the run ended: nothing to stop
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        signal.signal(self._env._usr_sig(), self._previous)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            info = signal.sigtimedwait(self._signals, 0.2)
+            if info is None:
+                continue
+            if info.si_signo == signal.SIGTERM:  # preemption's first signal, or scancel: SIGUSR2 / SIGKILL follow
+                print("[launch] SIGTERM received: ignored (waiting for SIGUSR2 to checkpoint)", flush=True)
+            else:
+                self._on_signal(info.si_signo, None)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signum = signum

@@ -92,7 +92,8 @@ def states(records: list[dict]) -> list[str]:
                 state = job.watcher.get_state(job.job_id, mode="standard")
             except Exception:  # noqa: BLE001 - sacct missing or down: say so in the state column
                 state = "UNKNOWN"
-            if state == "UNKNOWN" and outcome:
+            if outcome and state.split()[0] not in FINISHED_OK | FAILED_STATES:
+                # the result pickle is written before Slurm marks the job finished: it is the outcome
                 state = "COMPLETED" if outcome == "success" else "FAILED"
         else:
             state = {"success": "COMPLETED", "error": "FAILED"}.get(outcome or "", "RUNNING?")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cloudpickle
 import launch_toys
@@ -112,3 +113,32 @@ def test_sweep_not_for_eval(tmp_path):
     with pytest.raises(ConfigError, match="sweeps are for training tasks"):
         launch("eval", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug"],
                sweep=[("optim.base_lr", ["1e-4"])])
+
+
+def test_array_is_for_eval_only(tmp_path):
+    with pytest.raises(ConfigError, match="slurm.array=3: arrays shard eval only"):
+        launch("pretrain", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug", "slurm.array=3"])
+
+
+def test_launch_eval_from_a_checkpoint_takes_its_saved_config(synth_root, tmp_path, capsys):
+    """`videoconvmae launch eval CHECKPOINT ...` = `videoconvmae eval CHECKPOINT ...`, here on the debug cluster."""
+    import torch
+
+    from videoconvmae.cli import main
+    from videoconvmae.config import to_dict
+    from videoconvmae.models import build_model
+
+    k400 = synth_root / "k400"
+    cfg = load_config("finetune_k400_tiny", [f"data.root={k400}", f"data.train_annotation={k400}/train.csv",
+                                             f"data.val_annotation={k400}/val.csv", "data.input_size=32",
+                                             "data.short_side_size=32", "data.num_frames=4", "data.num_workers=0",
+                                             "model.pretrained=''", f"train.output_dir={tmp_path / 'ft'}"])
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg.model, "finetune", 5).state_dict(), "config": to_dict(cfg)},
+               tmp_path / "weights.pt")
+    assert main(["launch", "eval", str(tmp_path / "weights.pt"), "eval.num_temporal_views=1",
+                 "eval.num_spatial_views=1", "train.progress=false", "slurm.cluster=debug"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"done: .*num_evaluated=10 ", out), out
+    metrics = json.loads((tmp_path / "ft" / "eval" / "metrics.json").read_text())
+    assert metrics["num_evaluated"] == 10 and metrics["run"]["checkpoint"] == str(tmp_path / "weights.pt")

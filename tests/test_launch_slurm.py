@@ -123,24 +123,29 @@ def test_failed_job_is_one_readable_line(slurm, tmp_path, capsys):
     assert "FAILED" in out and "error: FileNotFoundError: data.root" in out
 
 
-def test_sweep_is_one_array_and_jobs_lists_it(slurm, tmp_path, capsys):
+def test_sweep_from_the_cli_is_one_array_and_jobs_lists_it(slurm, synth_root, tmp_path, capsys):
+    import submitit
+
     reg = tmp_path / "jobs.jsonl"
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'sweep'}", "train.max_steps=2", *CPU_JOB,
-                                         f"slurm.registry={reg}"],
-                      sweep=[("optim.base_lr", ["1e-4", "2e-4"])], entries={"train": launch_toys.toy_run_task})
-    ids = [str(j.job_id) for j in launched.jobs]
-    assert len(ids) == 2 and ids[0].split("_")[0] == ids[1].split("_")[0] and ids[0] != ids[1]
-    results = [j.result() for j in launched.jobs]
-    assert [r["lr"] for r in results] == [1e-4, 2e-4]
-    assert {Path(r["checkpoint"]).parent.name for r in results} == {"optim.base_lr=1e-4", "optim.base_lr=2e-4"}
+    out = tmp_path / "sweep"
+    argv = ["launch", "pretrain", "pretrain_k400_tiny", *_tiny(synth_root, out, "train.max_steps=2"),
+            f"slurm.registry={reg}", "sweep=optim.lr=1e-3,2e-3", "--wait"]
+    assert main(argv) == 0, capsys.readouterr().err
+    records = registry.read(str(reg))
+    ids = [r["job_id"] for r in records]
+    assert len(ids) == 2 and ids[0].split("_")[0] == ids[1].split("_")[0] and ids[0] != ids[1]  # ONE array
+    results = [submitit.SlurmJob(folder=r["folder"], job_id=r["job_id"]).result() for r in records]
+    assert [r["lr"] for r in results] == [1e-3, 2e-3]
+    assert [Path(r["output_dir"]).name for r in results] == ["optim.lr=1e-3", "optim.lr=2e-3"]
+    assert all(r["status"] == "completed" and r["step"] == 2 for r in results)
 
     def listed():
         assert main(["jobs", "--registry", str(reg)]) == 0
-        out = capsys.readouterr().out
-        return out if all(re.search(rf"^{re.escape(i)}\s.*COMPLETED", out, re.M) for i in ids) else None
+        text = capsys.readouterr().out
+        return text if all(re.search(rf"^{re.escape(i)}\s.*COMPLETED", text, re.M) for i in ids) else None
 
-    out = _wait_for(listed, 60, "sacct to report both array tasks COMPLETED", interval=2)
-    assert "optim.base_lr=1e-4" in out and str(tmp_path / "sweep") in out
+    text = _wait_for(listed, 60, "sacct to report both array tasks COMPLETED", interval=2)
+    assert "sweep optim.lr=1e-3" in text and str(out / "optim.lr=2e-3" / "checkpoint-00000002.pt") in text
 
 
 def test_cancelled_job_reports_state(slurm, tmp_path, capsys):
@@ -264,3 +269,31 @@ def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root
     order = [b_ids.index(v) for v in a_ids]
     assert np.array_equal(a_labels, b_labels[order])
     np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)
+
+
+def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm, tmp_path, capsys):
+    # With a 1-minute limit every signal counts as a time-out (submitit: ran >= min(0.8 x limit, limit - 10 min)).
+    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
+                                         "slurm.timeout_min=1", "slurm.signal_delay_s=1", "slurm.max_num_timeout=1",
+                                         f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
+                      entries={"train": launch_toys.toy_run_task})
+    job = launched.jobs[0]
+    state_path = tmp_path / "run" / "toy_state.json"
+
+    def state():
+        return json.loads(state_path.read_text()) if state_path.exists() else {"step": 0, "starts": 0}
+
+    _wait_for(lambda: state()["step"] >= 2, 60, "the first run to reach step 2", job=job)
+    job._interrupt(timeout=True)  # SIGUSR2 only, as at the time limit: 1 time-out allowed -> requeued
+    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the requeue after the time-out", job=job)
+    _wait_for(lambda: state()["starts"] == 2 and state()["step"] >= 4, 60, "the requeued run to resume", job=job)
+    resumed_at = state()["step"]
+    job._interrupt(timeout=True)  # second time-out: countdown spent -> the job fails, checkpoint kept
+    assert wait_and_report(launched) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "failed: UncompletedJobError: Job not requeued because: timed-out too many times." in err
+    assert f"[log: {job.paths.stderr}]" in err
+    final = state()
+    assert final["starts"] == 2 and resumed_at <= final["step"] < 200  # stopped at a step boundary, state saved
+    assert final["value"] == launch_toys.expected_value(final["step"])

@@ -92,7 +92,7 @@ def _latest_checkpoint(output_dir: str) -> str:
     from videoconvmae.engine.checkpoint import list_checkpoints
 
     found = list_checkpoints(output_dir)
-    return str(found[0]) if found else "-"
+    return str(found[0]) if found else output_dir
 
 
 def _jobs(args: argparse.Namespace) -> int:

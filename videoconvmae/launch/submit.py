@@ -90,6 +90,9 @@ def launch(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: 
             raise ConfigError("sweep=: sweeps are for training tasks (pretrain | finetune | linprobe), not eval")
         launched = _launch_eval(load_task_config(task, preset, overrides), preset, overrides, entries, common)
     else:
+        if cfg.slurm.array:
+            raise ConfigError(f"slurm.array={cfg.slurm.array}: arrays shard eval only; sweep a {task} run with "
+                              "sweep=key.sub=v1,v2")
         launched = _launch_train(task, preset, overrides, sweep, entries, common, output_dir)
     if cfg.slurm.cluster != "debug":  # debug jobs live in this process only: nothing to list later
         registry.append(launched.records, cfg.slurm.registry)

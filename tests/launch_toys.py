@@ -55,3 +55,9 @@ def toy_run_task(cfg, stop_event=None) -> dict:
 
 def toy_failing_task(cfg, stop_event=None) -> dict:
     raise FileNotFoundError(f"data.root: folder {cfg.data.root!r} does not exist")
+
+
+def toy_failing_on_rank_1(cfg, stop_event=None) -> dict:
+    if os.environ.get("RANK") == "1":
+        raise ValueError("rank 1 could not read its shard")
+    return {"status": "completed", "step": 0, "rank": os.environ.get("RANK"), "world": os.environ.get("WORLD_SIZE")}

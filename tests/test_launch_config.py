@@ -142,3 +142,30 @@ def test_launch_eval_from_a_checkpoint_takes_its_saved_config(synth_root, tmp_pa
     assert re.search(r"done: .*num_evaluated=10 ", out), out
     metrics = json.loads((tmp_path / "ft" / "eval" / "metrics.json").read_text())
     assert metrics["num_evaluated"] == 10 and metrics["run"]["checkpoint"] == str(tmp_path / "weights.pt")
+
+
+def test_local_multi_task_job_is_a_ddp_run(synth_root, tmp_path, capsys):
+    """slurm.gpus_per_node=2 -> 2 tasks; on this CPU machine they join one gloo process group (world_size 2)."""
+    from videoconvmae.cli import main
+
+    k400, out = synth_root / "k400", tmp_path / "run"
+    assert main(["launch", "pretrain", "pretrain_k400_tiny", f"data.root={k400}",
+                 f"data.train_annotation={k400}/train.csv", f"data.val_annotation={k400}/val.csv",
+                 "data.input_size=32", "data.num_frames=4", "data.batch_size=2", "data.num_workers=0",
+                 "train.max_steps=2", "train.progress=false", f"train.output_dir={out}", "slurm.cluster=local",
+                 "slurm.gpus_per_node=2", f"slurm.registry={tmp_path / 'jobs.jsonl'}", "--wait"]) == 0
+    assert re.search(r"done: status=completed step=2 ", capsys.readouterr().out)
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["world_size"] == 2
+
+
+def test_failure_on_one_rank_names_that_rank_s_log(tmp_path, capsys):
+    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=local",
+                                         "slurm.gpus_per_node=2", f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
+                      entries={"train": launch_toys.toy_failing_on_rank_1})
+    assert wait_and_report(launched) == 1
+    err = capsys.readouterr().err.strip()
+    job = launched.jobs[0]
+    assert len(err.splitlines()) == 1
+    assert "failed: ValueError: rank 1 could not read its shard" in err
+    assert err.endswith(f"[log: {job.task(1).paths.stderr}]")

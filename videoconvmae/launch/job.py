@@ -67,19 +67,26 @@ def _submitit_environment() -> submitit.JobEnvironment | None:
     return submitit.JobEnvironment()
 
 
-def _export_local_ranks(env: submitit.JobEnvironment | None) -> None:
-    """A multi-task ``local`` job: give each task the torchrun variables the engine's init_distributed reads.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-    Slurm jobs need nothing here: init_distributed reads SLURM_PROCID / SLURM_NTASKS / the node list itself.
+
+def _set_rank_environment(env: submitit.JobEnvironment | None) -> None:
+    """Make the engine's init_distributed see this job's ranks, not variables inherited from the submitting shell.
+
+    sbatch and the local executor copy the caller's environment; a RANK or MASTER_ADDR left there (a torchrun
+    shell, a login node's exports) would win over Slurm's variables in init_distributed, so a Slurm job drops
+    them and lets init_distributed read SLURM_PROCID / SLURM_NTASKS / the node list itself. A multi-task
+    ``local`` job has no Slurm variables: it gets the torchrun ones from submitit's job environment.
     """
-    if env is None or env.cluster != "local" or env.num_tasks <= 1:
+    if env is None:
         return
-    job = str(env.job_id)
-    os.environ.setdefault("RANK", str(env.global_rank))
-    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-    os.environ.setdefault("WORLD_SIZE", str(env.num_tasks))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(20000 + int("".join(c for c in job if c.isdigit()) or 0) % 20000))
+    for name in TORCHRUN_VARS:
+        os.environ.pop(name, None)
+    if env.cluster != "local" or env.num_tasks <= 1:
+        return
+    digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
+    os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(20000 + int(digits) % 20000))
 
 
 class StopOnSignal:
@@ -175,7 +182,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         cfg = from_dict(self.cfg)
         with StopOnSignal() as guard:
-            _export_local_ranks(guard._env)
+            _set_rank_environment(guard._env)
             result = resolve(self.entry)(cfg, stop_event=guard.stop_event)
             if result.get("status") == "stopped" and guard.signalled:
                 guard.requeue()
@@ -190,7 +197,7 @@ class EvalJob:
         self.entry = entry
 
     def __call__(self) -> dict:
-        _export_local_ranks(_submitit_environment())
+        _set_rank_environment(_submitit_environment())
         return resolve(self.entry)(from_dict(self.cfg))
 
 
@@ -211,10 +218,14 @@ class MergeJob:
 
 
 def job_result(job: submitit.Job) -> Any:
-    """``job.result()``; a debug job runs here directly (submitit's DebugJob drops into pdb on an error)."""
+    """Rank 0's result, after every task ended (raises submitit's FailedJobError when one failed).
+
+    Not ``job.result()``: it refuses multi-task jobs. A debug job runs here directly (submitit's DebugJob drops
+    into pdb on an error).
+    """
     if isinstance(job, submitit.DebugJob):
         return job.submission().result()
-    return job.result()
+    return job.results()[0]  # one task per GPU: every rank returns; rank 0's result is the run's
 
 
 def shard_result_path(result: dict) -> str:

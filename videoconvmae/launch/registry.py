@@ -71,6 +71,7 @@ def record(job: Any, *, kind: str, task: str, preset: str, overrides: list[str],
         "folder": str(job.paths.folder),
         "stdout": str(job.paths.stdout),
         "stderr": str(job.paths.stderr),
+        "tasks": job.num_tasks,
         "cluster": cluster,
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -78,7 +79,7 @@ def record(job: Any, *, kind: str, task: str, preset: str, overrides: list[str],
 
 def job_from_record(rec: dict) -> submitit.Job:
     cls = submitit.SlurmJob if rec.get("cluster") == "slurm" else submitit.LocalJob
-    return cls(folder=rec["folder"], job_id=rec["job_id"])
+    return cls(folder=rec["folder"], job_id=rec["job_id"], tasks=list(range(int(rec.get("tasks", 1)))))
 
 
 def states(records: list[dict]) -> list[str]:
@@ -101,14 +102,34 @@ def states(records: list[dict]) -> list[str]:
     return out
 
 
+def _tasks(job: submitit.Job) -> list[submitit.Job]:
+    return [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+
+
 def _outcome(job: submitit.Job) -> str | None:
-    path = job.paths.result_pickle
-    if not path.exists():
-        return None
-    try:
-        return submitit_utils.pickle_load(path)[0]
-    except Exception:  # noqa: BLE001 - a half-written pickle: not finished yet
-        return None
+    """'error' when a task failed, 'success' when every task returned, None while any is unfinished."""
+    outcomes = []
+    for task in _tasks(job):
+        path = task.paths.result_pickle
+        try:
+            outcomes.append(submitit_utils.pickle_load(path)[0] if path.exists() else None)
+        except Exception:  # noqa: BLE001 - a half-written pickle: not finished yet
+            outcomes.append(None)
+    if "error" in outcomes:
+        return "error"
+    return "success" if all(o == "success" for o in outcomes) else None
+
+
+def failing_task(job: submitit.Job) -> submitit.Job:
+    """The first task whose result is an error (its log is the one to read), else task 0."""
+    for task in _tasks(job):
+        path = task.paths.result_pickle
+        try:
+            if path.exists() and submitit_utils.pickle_load(path)[0] == "error":
+                return task
+        except Exception:  # noqa: BLE001
+            continue
+    return _tasks(job)[0]
 
 
 def _last_line(text: str) -> str:
@@ -118,7 +139,8 @@ def _last_line(text: str) -> str:
 
 def error_summary(job: submitit.Job, state: str = "") -> str:
     """The failing exception as ``Type: message`` (module path dropped), else the Slurm state + log's last line."""
-    path = job.paths.result_pickle
+    task = failing_task(job)
+    path = task.paths.result_pickle
     if path.exists():
         try:
             outcome, payload = submitit_utils.pickle_load(path)
@@ -129,12 +151,12 @@ def error_summary(job: submitit.Job, state: str = "") -> str:
             return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?:Error|Exception|Exit)?:)", "", line)
     log_tail = ""
     with contextlib.suppress(OSError):
-        log_tail = _last_line(Path(job.paths.stderr).read_text(errors="replace"))
+        log_tail = _last_line(Path(task.paths.stderr).read_text(errors="replace"))
     state = state or "died without a result"
     return f"{state}" + (f" ({log_tail})" if log_tail else "")
 
 
 def failure_line(job: submitit.Job, what: str = "", state: str = "") -> str:
-    """ONE readable line for a failed job: what failed, why, and the log to read."""
+    """ONE readable line for a failed job: what failed, why, and the log to read (the failing task's)."""
     label = f"job {job.job_id}" + (f" ({what})" if what else "")
-    return f"{label} failed: {error_summary(job, state)} [log: {job.paths.stderr}]"
+    return f"{label} failed: {error_summary(job, state)} [log: {failing_task(job).paths.stderr}]"

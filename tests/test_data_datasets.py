@@ -265,3 +265,16 @@ def test_a_hanging_decode_is_skipped_as_timeout(synth_root, monkeypatch):
     assert time.monotonic() - start < 2.5
     assert batch["skips"] == {"timeout": 1} and batch["index"].tolist() == [1, 2, 3]
     assert batch["label"][1] == ds.records[ds.replacement(2, 0)].label
+
+
+def test_skip_stats_accumulate_and_restore():
+    stats = SkipStats()
+    stats.update({"index": torch.tensor([0, 0, 1, 1]), "skips": {"missing": 2}})  # repeated aug: 2 items
+    stats.update({"index": torch.tensor([2, 2, 3, 3]), "skips": {}})
+    assert stats.items == 4 and stats.skipped == 2 and stats.fraction == pytest.approx(2 / 6)
+    assert stats.as_dict() == {"items": 4, "skipped": 2, "skipped/missing": 2}
+    restored = SkipStats()
+    restored.load_state_dict(stats.state_dict())
+    assert restored.as_dict() == stats.as_dict()
+    with pytest.raises(DataError, match=r"skipped 2 of 6 reads \(33.3%: missing: 2\)"):
+        restored.check(0.05)

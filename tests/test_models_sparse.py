@@ -24,8 +24,12 @@ def dense_and_sparse(name: str, mask_type: str, ratio: float):
     return dense, sparse
 
 
+@pytest.mark.parametrize("depthwise", ["dense_grid", "visible_only"])
 @pytest.mark.parametrize("name,shape,mask_type,ratio", CASES)
-def test_sparse_equals_dense_loss_pred_and_grads(name, shape, mask_type, ratio):
+def test_sparse_equals_dense_loss_pred_and_grads(name, shape, mask_type, ratio, depthwise, monkeypatch):
+    from videoconvmae.models import sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "VISIBLE_CONV_MAX_FRACTION", 0.0 if depthwise == "dense_grid" else 1.0)
     dense, sparse = dense_and_sparse(name, mask_type, ratio)
     x = torch.randn(shape)
     for seed in (0, 1):
@@ -44,10 +48,12 @@ def test_sparse_equals_dense_loss_pred_and_grads(name, shape, mask_type, ratio):
         assert all((p.grad is None) == (q.grad is None) for p, q in zip(dense.parameters(), sparse.parameters()))
 
 
-def test_sparse_path_differs_when_a_window_is_misplaced(monkeypatch):
-    """The equality above is not vacuous: a wrong cell layout in the sparse path is caught."""
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_sparse_path_differs_when_a_window_is_misplaced(monkeypatch, fraction):
+    """The equality above is not vacuous: a wrong cell layout in the sparse path is caught (both strategies)."""
     from videoconvmae.models import sparse as sparse_mod
 
+    monkeypatch.setattr(sparse_mod, "VISIBLE_CONV_MAX_FRACTION", fraction)
     dense, sparse = dense_and_sparse("convmae_tiny_pretrain", "block", 0.5)
     x = torch.randn(2, 3, 64, 64)
     mask = make_mask("block", 2, dense.token_grid(x.shape), 0.5, torch.Generator().manual_seed(0))

@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
@@ -185,6 +186,16 @@ def test_cli_checkpoint_form_uses_the_saved_config(k400, tmp_path, capsys):
     torch.save(ckpt, tmp_path / "val2.pt")
     assert main(["eval", str(tmp_path / "val2.pt"), f"eval.out_dir={tmp_path / 'paper'}"]) == 0
     assert "5x3 views" in capsys.readouterr().out
+    # exported safetensors (config in the metadata) evaluate the same as the .pt they were written from
+    ckpt = torch.load(k400.eval.checkpoint, weights_only=True)
+    save_file(ckpt["model"], str(tmp_path / "w.safetensors"), metadata={"config": json.dumps(ckpt["config"])})
+    for name, path in (("pt", k400.eval.checkpoint), ("st", tmp_path / "w.safetensors")):
+        assert main(["eval", str(path), f"eval.out_dir={tmp_path / name}", "eval.num_temporal_views=1"]) == 0
+    pt, st = (load_predictions(tmp_path / n / "predictions.npz")[2] for n in ("pt", "st"))
+    np.testing.assert_array_equal(pt, st)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "typo.pt")]) == 2
+    assert "CHECKPOINT" in capsys.readouterr().err
     assert main(["eval", k400.eval.checkpoint, "eval.bogus=1"]) == 2
     assert "unknown config key 'eval.bogus'" in capsys.readouterr().err
 

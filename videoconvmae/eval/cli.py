@@ -27,26 +27,23 @@ USAGE = """videoconvmae eval PRESET [key.sub=value ...]
        videoconvmae eval merge SHARD_DIR [SHARD_DIR ...] [--out DIR]"""
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
 def _is_checkpoint(word: str) -> bool:
     path = Path(word)
-    return "=" not in word and path.is_file() and path.suffix not in (".yaml", ".yml")
-
-
-def _saved_config(path: str) -> dict:
-    """The config dict inside a checkpoint ({} when it has none), read without loading every tensor."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ConfigError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__})") from None
-    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return saved if isinstance(saved, dict) else {}
+    if "=" in word or path.suffix in (".yaml", ".yml"):
+        return False
+    if path.suffix in CHECKPOINT_SUFFIXES and not path.is_file():
+        raise UserError(f"eval: CHECKPOINT {word}: no such file")
+    return path.is_file()
 
 
 def config_from_checkpoint(checkpoint: str, preset: str | None, overrides: list[str]) -> Config:
     """Schema <- the checkpoint's saved config <- PRESET chain <- task=eval, eval.checkpoint <- overrides."""
-    saved = _saved_config(checkpoint)
+    from videoconvmae.eval.checkpoint import saved_config
+
+    saved = saved_config(checkpoint) or {}
     # The saved eval section configured validation DURING training (often fewer views); a standalone eval starts
     # from the paper protocol for the dataset unless PRESET / overrides say otherwise.
     saved = {k: v for k, v in saved.items() if k != "eval"}

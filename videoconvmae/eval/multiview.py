@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.eval.checkpoint import load_eval_checkpoint
 from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.eval.metrics import aggregate
 from videoconvmae.eval.report import write_report
@@ -71,28 +72,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def load_eval_checkpoint(path: str, use_ema: bool = False) -> tuple[dict, dict | None]:
-    """(state_dict, saved config dict or None) from a training checkpoint or an exported ``weights.pt``."""
-    if not path:
-        raise ConfigError("eval.checkpoint: no checkpoint given (eval.checkpoint=PATH)")
-    if not Path(path).is_file():
-        raise ConfigError(f"eval.checkpoint: {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle that needs code, not a torch file at all
-        raise ConfigError(f"eval.checkpoint: {path}: cannot be loaded ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    if not isinstance(ckpt, dict):
-        raise ConfigError(f"eval.checkpoint: {path}: expected a dict, got {type(ckpt).__name__}")
-    key = "ema" if use_ema else "model"
-    if key not in ckpt and not use_ema and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt, None  # a bare state dict (e.g. an official checkpoint)
-    if not isinstance(ckpt.get(key), dict):
-        raise ConfigError(f"eval.checkpoint: {path}: no {key!r} state dict inside (keys: {', '.join(ckpt)})")
-    config = ckpt.get("config")
-    return ckpt[key], config if isinstance(config, dict) else None
 
 
 def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:

@@ -221,7 +221,7 @@ class LocalSlurm:
             "AccountingStorageHost=localhost",
             f"AccountingStoragePort={dbd_port}",
             f"AccountingStoragePass={self.munge_socket}",  # else clients look for the default munge socket
-            "JobRequeue=1",
+            "JobRequeue=0",  # jobs are not requeueable unless they ask (sbatch --requeue), as on many clusters
             "KillWait=5",
             "MinJobAge=300",
             "SchedulerType=sched/backfill",

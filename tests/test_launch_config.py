@@ -31,7 +31,7 @@ def test_one_task_per_gpu_and_typed_resources():
     assert (p["mem_gb"], p["timeout_min"], p["slurm_signal_delay_s"]) == (480, 600, 300)
     assert (p["slurm_partition"], p["slurm_account"], p["slurm_qos"]) == ("learn", "vision", "high")
     assert p["slurm_constraint"] == "volta32gb" and p["slurm_comment"] == "k400"
-    assert p["slurm_additional_parameters"] == {"exclude": "node1", "mail-type": "END"}
+    assert p["slurm_additional_parameters"] == {"requeue": True, "exclude": "node1", "mail-type": "END"}
 
 
 def test_cpu_job_has_one_task_and_no_gpu_or_memory_flags():

@@ -76,9 +76,9 @@ def executor_parameters(s: SlurmConfig) -> dict[str, Any]:
     if s.setup:
         params["slurm_setup"] = list(s.setup)
         params["local_setup"] = list(s.setup)
-    extra = extra_options(s)
-    if extra:
-        params["slurm_additional_parameters"] = extra
+    # --requeue: `scontrol requeue` (what the job runs on preemption) is refused for a job that is not requeueable,
+    # and clusters with JobRequeue=0 make that the default.
+    params["slurm_additional_parameters"] = {"requeue": True, **extra_options(s)}
     return params
 
 

@@ -39,7 +39,7 @@ NAMES = [f"c{i}" for i in range(6)]
 
 def _fake_eval(n=23, k=6, seed=0):
     rng = np.random.default_rng(seed)
-    ids = [f"dir{i % 3}/clip_{i}" for i in range(n)]  # equal basenames in different folders stay distinct
+    ids = [f"part{i % 3}/clip_{i // 3}" for i in range(n)]  # equal basenames (clip_0 x 3) in different folders
     return ids, rng.integers(0, k, n), rng.random((n, k)).astype(np.float32)
 
 
@@ -76,7 +76,7 @@ def test_merge_equals_unsharded(tmp_path, mode):
         assert merged[key] == full[key], key
     m_ids, m_labels, m_scores = load_predictions(tmp_path / "merged" / "predictions.npz")
     by_id = {v: (y, s) for v, y, s in zip(m_ids, m_labels, m_scores)}
-    assert len(by_id) == len(ok)
+    assert len(by_id) == len(ok) and sum(v.endswith("/clip_0") for v in by_id) == 3  # keyed by id, not basename
     for p in ok:
         assert by_id[ids[p]][0] == labels[p] and np.array_equal(by_id[ids[p]][1], scores[p])
     assert (tmp_path / "merged" / "confusion.png").is_file()

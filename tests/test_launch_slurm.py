@@ -169,7 +169,8 @@ def _tiny(synth_root, output_dir, *extra: str) -> list[str]:
     k400 = synth_root / "k400"
     return [f"data.root={k400}", f"data.train_annotation={k400}/train.csv", f"data.val_annotation={k400}/val.csv",
             "data.input_size=32", "data.short_side_size=32", "data.num_frames=4", "data.batch_size=4",
-            "data.num_workers=1", "train.progress=false", "train.log_every_steps=1",
+            "data.num_workers=1",  # a worker process: Slurm signals it too, and it must survive preemption
+            "train.progress=false", "train.log_every_steps=1",
             f"train.output_dir={output_dir}", *CPU_JOB, *extra]
 
 

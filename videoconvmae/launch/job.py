@@ -16,15 +16,22 @@ installs ``JobEnvironment._handle_signals`` (``submitit/core/job_environment.py`
   only time-outs count down ``max_num_timeout`` (stored in the pickle), preemptions requeue without limit.
   Only global rank 0 requeues; other ranks return from the handler.
 
-A checkpoint written from there could hold a half-applied step. So ``RunJob.__call__`` swaps the SIGUSR2
-handler, for the duration of the run, for one that only sets the ``stop_event`` given to ``engine.run_task``.
-The engine finishes the step it is in, writes its checkpoint atomically and returns ``status="stopped"``; only
-then, at that step boundary, the job calls submitit's own ``checkpoint_and_try_requeue`` (same countdown rules,
-same pickle, same ``scontrol requeue``, same exit without a result). The requeued job unpickles the same RunJob
-and ``train.resume=auto`` loads the newest checkpoint: step count, data position and RNG states come from the
-checkpoint, so the resumed run ends with the weights an uninterrupted run would have. Ranks other than 0 stop at
-the same step (the engine's concern) and exit without a result; rank 0 requeues the whole job. SIGTERM stays
-submitit's bypass: ``scancel`` sends it too, and a cancelled job must not requeue itself.
+A checkpoint written from there could hold a half-applied step. So ``RunJob.__call__`` (``StopOnSignal``), for
+the duration of the run, blocks SIGUSR2 and SIGTERM in the main thread and takes them in a watcher thread
+(``sigtimedwait``); SIGUSR2 only sets the ``stop_event`` given to ``engine.run_task``. The engine finishes the step
+it is in (all ranks agree on the stop through an all-reduce), writes its checkpoint atomically and returns
+``status="stopped"``; only then, at that step boundary, the job calls submitit's own ``checkpoint_and_try_requeue``
+(same countdown rules, same pickle, same ``scontrol requeue``, same exit without a result). The requeued job
+unpickles the same RunJob and ``train.resume=auto`` loads the newest checkpoint: step count, data position and RNG
+states come from the checkpoint, so the resumed run ends with the weights an uninterrupted run would have. Ranks
+other than 0 exit without a result; rank 0 requeues the whole job. SIGTERM is logged and ignored, as submitit
+does: ``scancel`` sends it too (then SIGKILL), and a cancelled job must not requeue itself.
+
+Why blocked rather than only handled: Slurm signals EVERY process of the step, DataLoader workers included, and a
+torch worker dies of a SIGTERM that does not come from its parent, which crashes the main process ("DataLoader
+worker killed by signal: Terminated") before it can checkpoint. A blocked signal mask is inherited by every
+process the run forks or spawns, so in the workers the signal stays pending and harmless.
+Jobs are submitted with ``--requeue``: ``scontrol requeue`` is refused for a non-requeueable job.
 
 ``slurm.cluster=local`` uses the same path (submitit's local controller sends SIGUSR2 before ``timeout_min``
 and restarts the job when it exits with the requeue code). ``debug`` runs in the caller's process: no signals.

@@ -26,6 +26,13 @@ def test_bad_override_is_one_line_error_naming_key(override, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_empty_override_means_empty_string_or_none():
+    cfg = load_config(None, ["model.pretrained=", "optim.clip_grad=", "model.mask_ratio="])
+    assert cfg.model.pretrained == "" and cfg.optim.clip_grad is None and cfg.model.mask_ratio is None
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(None, ["data.batch_size="])
+
+
 def test_preset_chain_and_round_trip(tmp_path, monkeypatch):
     (tmp_path / "base.yaml").write_text("model:\n  arch: convmae_tiny\ndata:\n  batch_size: 5\n")
     (tmp_path / "child.yaml").write_text("_base_: base\ndata:\n  num_frames: 4\n")

@@ -140,10 +140,15 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
         merged.task = task
     for text in overrides:
         key, value = parse_override(text)
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(_one_line(e, f"override {text!r}")) from None
+        # `key=` means '' for a string field (e.g. model.pretrained=) and None for an optional one
+        candidates = [f"{key}=''", f"{key}=null"] if value.strip() == "" else [f"{key}={value}"]
+        for i, dotted in enumerate(candidates):
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([dotted]))
+                break
+            except OmegaConfBaseException as e:
+                if i == len(candidates) - 1:
+                    raise ConfigError(_one_line(e, f"override {text!r}")) from None
     try:
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError, TypeError) as e:

@@ -169,3 +169,9 @@ def test_failure_on_one_rank_names_that_rank_s_log(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "failed: ValueError: rank 1 could not read its shard" in err
     assert err.endswith(f"[log: {job.task(1).paths.stderr}]")
+
+
+def test_slurm_cluster_without_sbatch_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ConfigError, match=r"slurm.cluster=slurm but `sbatch` is not on PATH"):
+        launch("pretrain", None, [f"train.output_dir={tmp_path}"])

@@ -298,3 +298,12 @@ def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm,
     final = state()
     assert final["starts"] == 2 and resumed_at <= final["step"] < 200  # stopped at a step boundary, state saved
     assert final["value"] == launch_toys.expected_value(final["step"])
+
+
+def test_refused_submission_is_one_line(slurm, tmp_path, capsys):
+    reg = tmp_path / "jobs.jsonl"
+    assert main(["launch", "pretrain", "pretrain_k400_tiny", f"train.output_dir={tmp_path / 'run'}", *CPU_JOB,
+                 "slurm.partition=no_such_partition", f"slurm.registry={reg}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith("error: sbatch refused the pretrain job: invalid partition")
+    assert not reg.exists()  # nothing was submitted, nothing registered

@@ -10,15 +10,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
+import submitit.core.utils
 
+from videoconvmae.cli import UserError
 from videoconvmae.config import TASKS, Config, ConfigError, load_config
 from videoconvmae.launch import registry
 from videoconvmae.launch.executor import check_slurm_config, make_executor
@@ -85,18 +90,30 @@ def launch(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: 
     overrides.append(f"train.output_dir={output_dir}")  # the job and the registry agree whatever the job's cwd
     common = {"task": task, "preset": preset or "", "cluster": cfg.slurm.cluster}
 
-    if task == "eval":
-        if sweep:
-            raise ConfigError("sweep=: sweeps are for training tasks (pretrain | finetune | linprobe), not eval")
-        launched = _launch_eval(load_task_config(task, preset, overrides), preset, overrides, entries, common)
-    else:
-        if cfg.slurm.array:
-            raise ConfigError(f"slurm.array={cfg.slurm.array}: arrays shard eval only; sweep a {task} run with "
-                              "sweep=key.sub=v1,v2")
-        launched = _launch_train(task, preset, overrides, sweep, entries, common, output_dir)
+    captured = io.StringIO()  # submitit echoes a refused sbatch's stderr; the error below says it in one line
+    try:
+        with contextlib.redirect_stderr(captured):
+            launched = _submit(task, preset, overrides, sweep, entries, common, cfg, output_dir)
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
+        # sbatch refused the job (unknown partition / account, too many GPUs, ...): its own last message
+        lines = [ln.strip().removeprefix("sbatch: error: ") for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"sbatch refused the {task} job: {'; '.join(lines) or type(e).__name__}") from None
+    sys.stderr.write(captured.getvalue())  # warnings of a successful submission still reach the user
     if cfg.slurm.cluster != "debug":  # debug jobs live in this process only: nothing to list later
         registry.append(launched.records, cfg.slurm.registry)
     return launched
+
+
+def _submit(task: str, preset: str | None, overrides: list[str], sweep: SweepSpec, entries: dict, common: dict,
+            cfg: Config, output_dir: Path) -> Launched:
+    if task == "eval":
+        if sweep:
+            raise ConfigError("sweep=: sweeps are for training tasks (pretrain | finetune | linprobe), not eval")
+        return _launch_eval(load_task_config(task, preset, overrides), preset, overrides, entries, common)
+    if cfg.slurm.array:
+        raise ConfigError(f"slurm.array={cfg.slurm.array}: arrays shard eval only; sweep a {task} run with "
+                          "sweep=key.sub=v1,v2")
+    return _launch_train(task, preset, overrides, sweep, entries, common, output_dir)
 
 
 def _launch_train(task: str, preset: str | None, overrides: list[str], sweep: SweepSpec,

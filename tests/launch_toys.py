@@ -61,3 +61,15 @@ def toy_failing_on_rank_1(cfg, stop_event=None) -> dict:
     if os.environ.get("RANK") == "1":
         raise ValueError("rank 1 could not read its shard")
     return {"status": "completed", "step": 0, "rank": os.environ.get("RANK"), "world": os.environ.get("WORLD_SIZE")}
+
+
+def toy_eval(cfg) -> dict:
+    """``run_eval``'s contract in miniature: counts its starts, takes a few seconds, returns its out_dir."""
+    out = Path(cfg.eval.out_dir or Path(cfg.train.output_dir) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    starts = out / "starts"
+    n = int(starts.read_text()) + 1 if starts.exists() else 1
+    starts.write_text(str(n))
+    for _ in range(int(cfg.train.max_steps or 1)):
+        time.sleep(TOY_STEP_S)
+    return {"out_dir": str(out), "starts": n}

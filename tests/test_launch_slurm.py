@@ -307,3 +307,16 @@ def test_refused_submission_is_one_line(slurm, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and err.startswith("error: sbatch refused the pretrain job: invalid partition")
     assert not reg.exists()  # nothing was submitted, nothing registered
+
+
+def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
+    launched = launch("eval", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=25", *CPU_JOB,
+                                     f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
+                      entries={"eval": launch_toys.toy_eval})
+    job = launched.jobs[0]
+    starts = tmp_path / "run" / "eval" / "starts"
+    _wait_for(starts.exists, 60, "the eval job to start", job=job)
+    job._interrupt()
+    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
+    result = job.result()
+    assert result["starts"] == 2 and "nothing to save; requeueing now" in Path(job.paths.stdout).read_text()

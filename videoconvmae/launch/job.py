@@ -108,7 +108,8 @@ class StopOnSignal:
     ``requeue()`` then does what submitit's handler would have done, at a step boundary.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requeue_at_once: bool = False) -> None:
+        self.requeue_at_once = requeue_at_once  # no step boundary to wait for (eval): requeue on the signal
         self.stop_event = threading.Event()
         self.signum: int | None = None
         self._env = _submitit_environment()
@@ -157,6 +158,21 @@ class StopOnSignal:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signum = signum
         self.stop_event.set()
+        if self.requeue_at_once and self._handler is not None:
+            self._requeue_now()
+
+    def _requeue_now(self) -> None:
+        """For a job without state to save: submitit's requeue now, then end this attempt without a result."""
+        assert self._handler is not None and self.signum is not None
+        print(f"[launch] {signal.Signals(self.signum).name} received: nothing to save; requeueing now", flush=True)
+        try:
+            self._handler.checkpoint_and_try_requeue(self.signum)
+        except SystemExit:
+            os._exit(255)  # requeued (rank 0); this may run in the watcher thread, where sys.exit ends only it
+        except Exception as e:  # noqa: BLE001 - submitit's UncompletedJobError: the time-out countdown is spent
+            print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)  # the failure line reads the log
+            os._exit(1)
+        # other ranks: keep going until Slurm stops the requeued job
 
     @property
     def signalled(self) -> bool:
@@ -196,16 +212,21 @@ class RunJob(submitit.helpers.Checkpointable):
         return result
 
 
-class EvalJob:
-    """One multi-view evaluation (or one shard of it, ``eval.shard=i/n``): ``run_eval(cfg)``."""
+class EvalJob(submitit.helpers.Checkpointable):
+    """One multi-view evaluation (or one shard of it, ``eval.shard=i/n``): ``run_eval(cfg)``.
+
+    Nothing to save mid-way: on preemption / time limit it is requeued at once and the shard starts over (the
+    same signal masking as RunJob keeps its DataLoader workers from dying first and crashing it).
+    """
 
     def __init__(self, cfg: Config | dict, entry: str | Callable = EVAL_ENTRY) -> None:
         self.cfg = cfg if isinstance(cfg, dict) else _as_dict(cfg)
         self.entry = entry
 
     def __call__(self) -> dict:
-        _set_rank_environment(_submitit_environment())
-        return resolve(self.entry)(from_dict(self.cfg))
+        with StopOnSignal(requeue_at_once=True) as guard:
+            _set_rank_environment(guard._env)
+            return resolve(self.entry)(from_dict(self.cfg))
 
 
 class MergeJob:

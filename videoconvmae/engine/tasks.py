@@ -153,6 +153,7 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
         mask_gen = torch.Generator(device=info.device).manual_seed(cfg.train.seed * 1_000_003 + info.rank)
         parts.generators = {"mask": mask_gen}
         parts.loss_fn = pretrain_loss(mask_gen)
+        parts.find_unused_parameters = not cfg.model.multiscale_decoder  # the stage fusion convs sit idle
         return parts
     mixup = data_layer.build_mixup(cfg.data, num_classes) if cfg.task == "finetune" else None
     parts.loss_fn = classification_loss(mixup, cfg.data.label_smoothing if cfg.task == "finetune" else 0.0)

@@ -51,6 +51,7 @@ class TaskParts:
     train_mode: Callable[[nn.Module], None] | None = None  # sets train/eval modes (linprobe: frozen encoder)
     skip_stats: Any = None  # data.SkipStats: update(batch), as_dict(), summary(), check(max_fraction), state
     ema: Any = None  # timm ModelEmaV3 (or alike): update(model, step), .module
+    find_unused_parameters: bool = False  # the task knows some trainable parameters get no gradient (DDP)
 
 
 def seed_everything(seed: int) -> None:
@@ -150,7 +151,8 @@ class Trainer:
         if dist_info.distributed:
             ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             wrapped = DistributedDataParallel(self.model, device_ids=ids,
-                                              find_unused_parameters=tc.find_unused_parameters)
+                                              find_unused_parameters=tc.find_unused_parameters or
+                                              parts.find_unused_parameters)
         self.ddp = wrapped if dist_info.distributed else None
         self.forward_model = torch.compile(wrapped) if tc.compile else wrapped
 

@@ -1,0 +1,114 @@
+"""The tasks end to end on the synthetic dataset (real model, real decoding): pretrain, resume, linear probe,
+finetune with mixup + EMA + validation, CLI errors, visualize."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from videoconvmae.cli import main
+from videoconvmae.config import from_dict, load_config
+from videoconvmae.engine.checkpoint import list_checkpoints, load_checkpoint
+from videoconvmae.engine.tasks import run_task
+
+QUIET = ["train.progress=false", "train.tensorboard=false", "data.num_workers=0", "train.log_every_steps=1"]
+
+
+def image_cfg(preset, synth, out, *extra):
+    return load_config(preset, [f"data.train_annotation={synth}/imagenet/train",
+                                f"data.val_annotation={synth}/imagenet/val", f"train.output_dir={out}",
+                                "data.input_size=32", "data.short_side_size=32", "data.batch_size=4", *QUIET, *extra])
+
+
+def video_cfg(preset, synth, out, *extra):
+    k = synth / "k400"
+    return load_config(preset, [f"data.root={k}", f"data.train_annotation={k}/train.csv",
+                                f"data.val_annotation={k}/val.csv", f"train.output_dir={out}", "data.input_size=32",
+                                "data.short_side_size=32", "data.num_frames=4", "data.sampling_rate=2",
+                                "data.batch_size=5", *QUIET, *extra])
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "event" not in r]
+
+
+@pytest.fixture(scope="module")
+def image_pretrain(synth_root, tmp_path_factory):
+    """A tiny image pretrain run (20 images, 25 steps) whose weights the other tests start from."""
+    out = tmp_path_factory.mktemp("pretrain_img")
+    result = run_task(image_cfg("pretrain_in1k_tiny", synth_root, out, "optim.epochs=5", "optim.warmup_epochs=1",
+                                "optim.lr=3e-3"))
+    return out, result
+
+
+def test_unknown_override_key_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "pretrain_k400_tiny", f"train.output_dir={out}", "train.bogus=1"]) == 2
+    assert "unknown config key 'train.bogus'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_image_pretrain_loss_falls_and_exports(image_pretrain):
+    out, result = image_pretrain
+    values = losses(out)
+    assert result["status"] == "completed" and len(values) == 25
+    assert sum(values[-5:]) / 5 < 0.9 * sum(values[:5]) / 5
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert from_dict(ckpt["config"]).task == "pretrain" and (out / "config.yaml").is_file()
+    assert "mask" in ckpt["rng"]["ranks"][0]["generators"]
+    assert torch.load(out / "weights.pt", weights_only=True)["model"].keys() == ckpt["model"].keys()
+
+
+def test_video_pretrain_resumed_mid_epoch_is_bitwise_identical(synth_root, tmp_path):
+    extra = ["optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=3e-3", "data.num_workers=1"]
+    full = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "full", *extra))
+    first = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "split", *extra, "train.max_steps=4"))
+    assert first["step"] == 4 and load_checkpoint(first["checkpoint"])["epoch_position"] == 5  # mid-epoch 1
+    second = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "split", *extra))
+    assert full["step"] == second["step"] == 9
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(second["checkpoint"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+
+def test_linear_probe_trains_only_the_head(synth_root, tmp_path, image_pretrain):
+    pre_dir, _ = image_pretrain
+    result = run_task(image_cfg("linprobe_in1k_tiny", synth_root, tmp_path, f"model.pretrained={pre_dir}/weights.pt",
+                                "optim.epochs=2"))
+    assert result["status"] == "completed" and 0 <= result["val_acc1"] <= 100 and result["val_count"] == 10
+    pretrained = torch.load(pre_dir / "weights.pt", weights_only=True)["model"]
+    probe = load_checkpoint(result["checkpoint"])["model"]
+    encoder = [k for k in probe if k in pretrained and not k.startswith("head")]
+    assert len(encoder) > 10 and all(torch.equal(probe[k], pretrained[k]) for k in encoder)
+    assert probe["head.0.running_mean"].abs().sum() > 0 and "head.0.weight" not in probe  # BN without affine
+    assert probe["head.1.weight"].shape[0] == 5
+
+
+def test_finetune_with_mixup_ema_and_validation(synth_root, tmp_path, image_pretrain):
+    pre_dir, _ = image_pretrain
+    result = run_task(image_cfg("finetune_in1k_tiny", synth_root, tmp_path, f"model.pretrained={pre_dir}/weights.pt",
+                                "optim.epochs=2", "data.mixup=0.8", "data.cutmix=1.0", "train.ema=true",
+                                "train.ema_decay=0.9"))
+    assert result["status"] == "completed" and "val_acc1" in result and "ema_val_acc1" in result
+    assert (tmp_path / "weights_ema.pt").is_file() and "ema" in load_checkpoint(result["checkpoint"])
+    start = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["effective_batch"] == 4
+
+
+def test_visualize_image_and_video(synth_root, tmp_path, image_pretrain):
+    pre_dir, _ = image_pretrain
+    image = next((synth_root / "imagenet" / "val").rglob("*.JPEG"))
+    assert main(["visualize", str(pre_dir / "weights.pt"), str(image), "--out", str(tmp_path / "v.png")]) == 0
+    assert Image.open(tmp_path / "v.png").size == (4 * 32 + 3 * 4, 32)
+    video_run = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "vid", "train.max_steps=1"))
+    clip = next((synth_root / "k400" / "val").glob("*.mp4"))
+    assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.gif")]) == 0
+    gif = Image.open(tmp_path / "v.gif")
+    assert gif.size == (4 * 32 + 3 * 4, 32) and gif.n_frames == 4
+    assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.mp4")]) == 0
+    assert (tmp_path / "v.mp4").stat().st_size > 0
+    assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.txt")]) == 2
+    assert list_checkpoints(tmp_path / "vid")

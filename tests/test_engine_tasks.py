@@ -85,6 +85,18 @@ def test_linear_probe_trains_only_the_head(synth_root, tmp_path, image_pretrain)
     assert len(encoder) > 10 and all(torch.equal(probe[k], pretrained[k]) for k in encoder)
     assert probe["head.0.running_mean"].abs().sum() > 0 and "head.0.weight" not in probe  # BN without affine
     assert probe["head.1.weight"].shape[0] == 5
+    # weights.pt folds the BatchNorm into the Linear: the plain classifier loads it and gives the same logits
+    from videoconvmae.engine.tasks import build_task_model
+    from videoconvmae.models import create_model
+
+    cfg = from_dict(load_checkpoint(result["checkpoint"])["config"])
+    cfg.model.pretrained = ""
+    trained = build_task_model(cfg, 5)
+    trained.load_state_dict(probe)
+    plain = create_model("convmae_tiny_cls", num_classes=5)
+    plain.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True)["model"])
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(plain.eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 def test_finetune_with_mixup_ema_and_validation(synth_root, tmp_path, image_pretrain):

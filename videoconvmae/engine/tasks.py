@@ -83,6 +83,23 @@ def linear_probe_train_mode(model: nn.Module) -> None:
     model.head.train()
 
 
+@torch.no_grad()
+def fold_linear_probe(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with the probe's BatchNorm(affine=False) folded into its Linear: a plain classifier layout.
+
+    In eval mode the head computes W (f - mean) / sqrt(var + eps) + b = W' f + b' with W' = W / sqrt(var + eps)
+    and b' = b - W' mean, so the exported weights.pt loads into the ordinary ``{arch}_cls`` model (eval layer)
+    and gives the same logits. Training checkpoints keep ``head.0`` / ``head.1`` for resuming.
+    """
+    bn, linear = model.head[0], model.head[1]
+    scale = (bn.running_var + bn.eps).rsqrt()
+    weight = linear.weight * scale[None, :]
+    bias = linear.bias - weight @ bn.running_mean
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state.update({"head.weight": weight, "head.bias": bias})
+    return state
+
+
 def build_task_model(cfg: Config, num_classes: int = 0) -> nn.Module:
     """The module a task trains (also what eval should build to load a finetune / linprobe checkpoint)."""
     from videoconvmae.models import build_model
@@ -159,6 +176,7 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
     parts.loss_fn = classification_loss(mixup, cfg.data.label_smoothing if cfg.task == "finetune" else 0.0)
     if cfg.task == "linprobe":
         parts.train_mode = linear_probe_train_mode
+        parts.export_state = fold_linear_probe
     if cfg.train.ema:
         from timm.utils import ModelEmaV3
 

@@ -52,6 +52,7 @@ class TaskParts:
     skip_stats: Any = None  # data.SkipStats: update(batch), as_dict(), summary(), check(max_fraction), state
     ema: Any = None  # timm ModelEmaV3 (or alike): update(model, step), .module
     find_unused_parameters: bool = False  # the task knows some trainable parameters get no gradient (DDP)
+    export_state: Callable[[nn.Module], dict] | None = None  # model -> state for weights.pt (default: state_dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -391,9 +392,10 @@ class Trainer:
             if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}.pt"):
                 last_ckpt = self.save_checkpoint()
             if self.dist.is_main:
-                ckpt_io.export_weights(self.model.state_dict(), to_dict(self.cfg), self.out)
+                export = self.parts.export_state or (lambda m: m.state_dict())
+                ckpt_io.export_weights(export(self.model), to_dict(self.cfg), self.out)
                 if self.parts.ema is not None:
-                    ckpt_io.export_weights(self.parts.ema.module.state_dict(), to_dict(self.cfg), self.out,
+                    ckpt_io.export_weights(export(self.parts.ema.module), to_dict(self.cfg), self.out,
                                            stem="weights_ema")
             log.event("done", step=self.step, checkpoint=str(last_ckpt), nonfinite_steps=self.nonfinite_total)
             return self._result(status, last_ckpt, metrics)

@@ -283,11 +283,12 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = oc.clip_grad if oc.clip_grad is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else loss.new_zeros(())
         # Ranks agree on skipping (a rank's NaN loss must not let the others step).
-        flags = torch.stack([(~torch.isfinite(loss)).float(),
-                             (~torch.isfinite(grad_norm)).float() if not self.scaler.is_enabled() else
-                             torch.zeros(()), loss.nan_to_num(0.0, 0.0, 0.0)]).to(self.dist.device)
+        # fp16: an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
+        bad_grad = loss.new_zeros(()) if self.scaler.is_enabled() else (~torch.isfinite(grad_norm)).float()
+        flags = torch.stack([(~torch.isfinite(loss)).float(), bad_grad.to(loss.device),
+                             loss.nan_to_num(0.0, 0.0, 0.0)]).to(self.dist.device)
         all_reduce_sum(flags)
         skipped = bool(flags[0] > 0 or flags[1] > 0)
         if skipped:

@@ -130,10 +130,13 @@ class LocalSlurm:
     def stop(self, timeout_s: float = 20.0) -> None:
         """Cancel this cluster's jobs, then stop every daemon by its pid file (newest first)."""
         if self.conf.exists() and self._alive("slurmctld"):
-            subprocess.run(["scancel", "--full", "--user", "root"], env=self._client_env(), capture_output=True,
-                           timeout=30, check=False)
-        # Newest first, daemons that do not depend on each other together (each takes ~2 s to exit).
-        for group in (("slurmd", "slurmctld"), ("slurmdbd",), ("mariadbd", "munged")):
+            # a slurmd stopped while its steps still run (or with slurmctld gone) hangs for many seconds
+            self.run("scancel", "--full", "--user", "root", check=False, timeout=30)
+            deadline = time.time() + 15
+            while time.time() < deadline and self.run("squeue", "-h", check=False, timeout=10).stdout.strip():
+                time.sleep(0.2)
+        # Newest first; the two at the end do not depend on each other and stop together.
+        for group in (("slurmd",), ("slurmctld",), ("slurmdbd",), ("mariadbd", "munged")):
             pids = {name: self._pid(name) for name in group}
             for pid in filter(None, pids.values()):
                 with contextlib.suppress(ProcessLookupError):
@@ -146,6 +149,23 @@ class LocalSlurm:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 self.pid_files()[name].unlink(missing_ok=True)
+        for pid in self._orphan_stepds():  # a step whose job was requeued as slurmd stopped can outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _orphan_stepds(self) -> list[int]:
+        """slurmstepd processes of THIS cluster (their environment names our slurm.conf)."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "comm").read_text().strip() == "slurmstepd" and mine in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found
 
     def status(self) -> dict[str, bool]:
         return {name: self._alive(name) for name in self.pid_files()}

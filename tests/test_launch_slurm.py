@@ -22,6 +22,7 @@ from slurm_cluster import LocalSlurm, unavailable_reason
 from videoconvmae.cli import main
 from videoconvmae.launch import registry
 from videoconvmae.launch.cli import wait_and_report
+from videoconvmae.launch.job import job_result
 from videoconvmae.launch.submit import launch
 
 pytestmark = pytest.mark.slurm
@@ -67,6 +68,7 @@ def _squeue_state(cluster: LocalSlurm, job_id: str) -> str:
 def _release_if_requeued(cluster: LocalSlurm, job_id: str) -> bool:
     """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again."""
     if _squeue_state(cluster, job_id) == "PENDING":
+        time.sleep(3)  # let the previous attempt's steps finish first (the 130 s BeginTime guarantees it normally)
         cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return True
     return False
@@ -94,7 +96,7 @@ def test_preempted_job_resumes_at_the_step_boundary(slurm, tmp_path):
               "the toy run to reach step 3")
     job._interrupt()  # preemption: SIGTERM then SIGUSR2, as Slurm does
     _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the job to be requeued", job=job)
-    result = job.result()
+    result = job_result(job)
     assert result["status"] == "completed"
     assert result["step"] == steps
     assert result["value"] == launch_toys.expected_value(steps)  # nothing lost, nothing run twice
@@ -219,7 +221,7 @@ def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm,
     _wait_for(lambda: _steps_logged(cut_dir) >= 4, 180, "the run to reach step 4")
     cut._interrupt()  # SIGTERM + SIGUSR2, as a preemption
     _wait_for(lambda: _release_if_requeued(slurm, cut.job_id), 90, "the preempted job to be requeued", job=cut)
-    r_ref, r_cut = ref.result(), cut.result()
+    r_ref, r_cut = job_result(ref), job_result(cut)
     assert r_ref["status"] == r_cut["status"] == "completed" and r_ref["step"] == r_cut["step"] == steps
 
     starts = [json.loads(ln) for ln in (cut_dir / "metrics.jsonl").read_text().splitlines()
@@ -318,5 +320,5 @@ def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
     _wait_for(starts.exists, 60, "the eval job to start", job=job)
     job._interrupt()
     _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
-    result = job.result()
+    result = job_result(job)
     assert result["starts"] == 2 and "nothing to save; requeueing now" in Path(job.paths.stdout).read_text()

@@ -42,14 +42,16 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import submitit
 from submitit.core.job_environment import SignalHandler
-from submitit.core.utils import DelayedSubmission
+from submitit.core.utils import DelayedSubmission, UncompletedJobError
 
 from videoconvmae.config import Config, from_dict
 
@@ -253,7 +255,22 @@ def job_result(job: submitit.Job) -> Any:
     """
     if isinstance(job, submitit.DebugJob):
         return job.submission().result()
-    return job.results()[0]  # one task per GPU: every rank returns; rank 0's result is the run's
+    while True:
+        try:
+            return job.results()[0]  # one task per GPU: every rank returns; rank 0's result is the run's
+        except UncompletedJobError:
+            # sacct can report the attempt a requeue just ended as FAILED while the next attempt waits in the
+            # queue; submitit then caches "finished". Squeue knows better: forget the cache and keep waiting.
+            if not (isinstance(job, submitit.SlurmJob) and _still_queued(job)):
+                raise
+            job.watcher.clear()
+            time.sleep(5)
+
+
+def _still_queued(job: submitit.Job) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 def shard_result_path(result: dict) -> str:

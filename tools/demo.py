@@ -1,0 +1,138 @@
+"""The embedded default: the whole pipeline on synthetic videos with tiny models, through the real CLI.
+
+    ./run.sh                       # installs .venv/, then runs this
+    .venv/bin/python tools/demo.py [--out runs/demo] [--data data/synth] [--fresh-data]
+
+Stages (each one `videoconvmae ...` command with a tiny preset, each with its own progress bar):
+  1. data synth        motion-only synthetic clips (H.264 mp4 + VP9 webm, K400 / SSV2 / ImageNet layouts)
+  2. pretrain          VideoConvMAE-tiny, 75% tube masks
+  3. finetune x2       the same budget from the pretrained encoder and from random init
+  4. eval              multi-view (2 temporal x 3 spatial) vs single-view top-1 on the val split
+  5. visualize         original / masked / reconstruction video of one val clip
+  6. pretrain (image)  ConvMAE-tiny on the synthetic ImageNet-style folder, same CLI
+then a summary table. The synthetic dataset is reused when present; runs are redone under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "videoconvmae.cli"]
+
+
+class Stage:
+    """One CLI command: streams its output, remembers its wall time and its last JSON line (the result)."""
+
+    def __init__(self, title: str, args: list[str]):
+        self.title, self.args = title, args
+        self.seconds = 0.0
+        self.result: dict = {}
+
+    def run(self) -> dict:
+        print(f"\n=== {self.title}\n$ videoconvmae {' '.join(self.args)}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.Popen([*CLI, *self.args], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.lstrip().startswith("{"):
+                try:
+                    self.result = json.loads(line)
+                except json.JSONDecodeError:
+                    pass
+        self.seconds = time.perf_counter() - start
+        if proc.wait() != 0:
+            raise SystemExit(f"demo: stage '{self.title}' failed (exit {proc.returncode}); see its output above")
+        return self.result
+
+
+def first_val_clip(data: Path) -> Path:
+    lines = (data / "k400" / "val.txt").read_text().split("\n")
+    path = Path(lines[0].split()[0])
+    return path if path.is_absolute() else data / "k400" / path
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/demo", help="where the runs go (redone each time)")
+    parser.add_argument("--data", default="data/synth", help="synthetic dataset (generated when missing)")
+    parser.add_argument("--fresh-data", action="store_true", help="regenerate the synthetic dataset")
+    args = parser.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    started = time.perf_counter()
+    if args.fresh_data and data.exists():
+        shutil.rmtree(data)
+    if out.exists():
+        shutil.rmtree(out)
+    data_root = [f"data.root={data}/k400", f"data.train_annotation={data}/k400/train.csv",
+                 f"data.val_annotation={data}/k400/val.csv"]
+
+    stages: dict[str, Stage] = {}
+    if not (data / "k400" / "train.csv").is_file():
+        stages["synth"] = Stage("1/6 synthetic dataset", ["data", "synth", "--out", str(data)])
+    stages["pretrain"] = Stage("2/6 VideoConvMAE pretraining", [
+        "pretrain", "pretrain_k400_tiny", *data_root, f"train.output_dir={out}/pretrain_video"])
+    stages["ft_pre"] = Stage("3/6 finetuning from the pretrained encoder", [
+        "finetune", "finetune_k400_tiny", *data_root, f"model.pretrained={out}/pretrain_video/weights.pt",
+        f"train.output_dir={out}/finetune_pretrained"])
+    stages["ft_rand"] = Stage("3/6 finetuning from random init (same budget)", [
+        "finetune", "finetune_k400_tiny", *data_root, "model.pretrained=", f"train.output_dir={out}/finetune_random"])
+    stages["eval_multi"] = Stage("4/6 multi-view evaluation (2 temporal x 3 spatial)", [
+        "eval", f"{out}/finetune_pretrained/weights.pt", "eval_tiny", *data_root,
+        f"eval.out_dir={out}/eval_multiview"])
+    stages["eval_single"] = Stage("4/6 single-view evaluation (1 x 1)", [
+        "eval", f"{out}/finetune_pretrained/weights.pt", "eval_tiny", *data_root, "eval.num_temporal_views=1",
+        "eval.num_spatial_views=1", f"eval.out_dir={out}/eval_singleview"])
+    stages["visualize"] = Stage("5/6 reconstruction video", [
+        "visualize", f"{out}/pretrain_video/weights.pt", "VAL_CLIP", "--out", f"{out}/reconstruction.mp4"])
+    stages["pretrain_image"] = Stage("6/6 ConvMAE image-mode pretraining", [
+        "pretrain", "pretrain_in1k_tiny", f"data.root={data}/imagenet", f"data.train_annotation={data}/imagenet/train",
+        f"data.val_annotation={data}/imagenet/val", f"train.output_dir={out}/pretrain_image"])
+
+    for key, stage in stages.items():
+        if key == "visualize":
+            stage.args[2] = str(first_val_clip(data))
+        stage.run()
+
+    print_summary(stages, out, time.perf_counter() - started)
+    return 0
+
+
+def print_summary(stages: dict[str, Stage], out: Path, total: float) -> None:
+    pre, img = stages["pretrain"].result, stages["pretrain_image"].result
+    ft_pre, ft_rand = stages["ft_pre"].result, stages["ft_rand"].result
+    multi, single = stages["eval_multi"].result, stages["eval_single"].result
+    chance = 1.0 / ft_pre["num_classes"] if ft_pre.get("num_classes") else None
+    rows = [
+        ("video pretrain loss (first -> last)", f"{fmt(pre.get('first_loss'))} -> {fmt(pre.get('last_loss'))}"),
+        ("image pretrain loss (first -> last)", f"{fmt(img.get('first_loss'))} -> {fmt(img.get('last_loss'))}"),
+        ("finetune top-1, pretrained encoder", fmt(ft_pre.get("val_top1"), ".1f")),
+        ("finetune top-1, random init", fmt(ft_rand.get("val_top1"), ".1f")),
+        ("chance", fmt(100 * chance if chance else None, ".1f")),
+        ("multi-view top-1 (2x3 views)", fmt(multi.get("top1"), ".1f")),
+        ("single-view top-1 (1x1)", fmt(single.get("top1"), ".1f")),
+        ("reconstruction video", f"{out}/reconstruction.mp4"),
+        ("logs and checkpoints", f"{out}/*/ (metrics.jsonl, tensorboard/, config.yaml, weights.pt)"),
+    ]
+    rows += [(f"time: {s.title[4:]}", f"{s.seconds:.0f} s") for s in stages.values()]
+    rows.append(("total wall time", f"{total / 60:.1f} min"))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "=" * (width + 40) + "\nvideoconvmae demo summary\n" + "-" * (width + 40))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("=" * (width + 40))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

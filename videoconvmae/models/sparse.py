@@ -46,10 +46,17 @@ class VisibleStages:
     stage2: torch.Tensor  # [N, K, 4, C2] stage-2 output at the visible cells' positions
 
 
+def _flat_rows(idx: torch.Tensor, length: int) -> torch.Tensor:
+    """[N, K] indices into per-sample rows of length ``length`` -> [N*K] rows of the flattened [N*length, ...]."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device)[:, None] * length).reshape(-1)
+
+
 def _gather_cells(x: torch.Tensor, visible_idx: torch.Tensor) -> torch.Tensor:
-    """x: [N, L, ...], visible_idx: [N, K] -> [N, K, ...]."""
-    index = visible_idx.reshape(*visible_idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    return x.gather(1, index)
+    """x: [N, L, ...], visible_idx: [N, K] -> [N, K, ...]. Row-wise ``index_select`` on the flattened tensor:
+    a gather with an index expanded to every element moves the same data with C times more index traffic."""
+    n, length = x.shape[:2]
+    rows = x.reshape(n * length, -1).index_select(0, _flat_rows(visible_idx, length))
+    return rows.reshape(n, visible_idx.shape[1], *x.shape[2:])
 
 
 def _cell_windows(x: torch.Tensor, grid: Sequence[int], sub: int, window: int) -> torch.Tensor:
@@ -167,10 +174,11 @@ def depthwise_on_grid(dwconv: nn.Module, y: torch.Tensor, positions: torch.Tenso
     """The depthwise conv on a zero-filled dense grid (oneDNN's kernel), read back at the visible positions.
     y: [N, P, C] visible tokens at flat ``positions`` [N, P] of ``dense_grid``."""
     n, p, c = y.shape
-    index = positions[..., None].expand(-1, -1, c)
-    dense = y.new_zeros(n, math.prod(dense_grid), c).scatter(1, index, y).reshape(n, *dense_grid, c)
+    size = math.prod(dense_grid)
+    rows = _flat_rows(positions, size)
+    dense = y.new_zeros(n * size, c).index_copy(0, rows, y.reshape(n * p, c)).reshape(n, *dense_grid, c)
     dense = channels_last(dwconv(channels_first(dense)))
-    return dense.reshape(n, -1, c).gather(1, index)
+    return dense.reshape(n * size, c).index_select(0, rows).reshape(n, p, c)
 
 
 def depthwise_visible(dwconv: nn.Module, y: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ Stages (each one `videoconvmae ...` command with a tiny preset, each with its ow
   1. data synth        motion-only synthetic clips (H.264 mp4 + VP9 webm, K400 / SSV2 / ImageNet layouts)
   2. pretrain          VideoConvMAE-tiny, 75% tube masks
   3. finetune x2       the same budget from the pretrained encoder and from random init
-  4. eval              multi-view (2 temporal x 3 spatial) vs single-view top-1 on the val split
+  4. eval              multi-view (5 temporal x 3 spatial) vs single-view top-1 on the val split
   5. visualize         original / masked / reconstruction video of one val clip
   6. pretrain (image)  ConvMAE-tiny on the synthetic ImageNet-style folder, same CLI
 then a summary table. The synthetic dataset is reused when present; runs are redone under --out.
@@ -28,29 +28,19 @@ CLI = [sys.executable, "-m", "videoconvmae.cli"]
 
 
 class Stage:
-    """One CLI command: streams its output, remembers its wall time and its last JSON line (the result)."""
+    """One CLI command: its output streams through (progress bars included); its wall time is kept."""
 
     def __init__(self, title: str, args: list[str]):
         self.title, self.args = title, args
         self.seconds = 0.0
-        self.result: dict = {}
 
-    def run(self) -> dict:
+    def run(self) -> None:
         print(f"\n=== {self.title}\n$ videoconvmae {' '.join(self.args)}", flush=True)
         start = time.perf_counter()
-        proc = subprocess.Popen([*CLI, *self.args], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.lstrip().startswith("{"):
-                try:
-                    self.result = json.loads(line)
-                except json.JSONDecodeError:
-                    pass
+        code = subprocess.run([*CLI, *self.args], cwd=REPO).returncode
         self.seconds = time.perf_counter() - start
-        if proc.wait() != 0:
-            raise SystemExit(f"demo: stage '{self.title}' failed (exit {proc.returncode}); see its output above")
-        return self.result
+        if code != 0:
+            raise SystemExit(f"demo: stage '{self.title}' failed (exit {code}); see its output above")
 
 
 def first_val_clip(data: Path) -> Path:
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train.output_dir={out}/finetune_pretrained"])
     stages["ft_rand"] = Stage("3/6 finetuning from random init (same budget)", [
         "finetune", "finetune_k400_tiny", *data_root, "model.pretrained=", f"train.output_dir={out}/finetune_random"])
-    stages["eval_multi"] = Stage("4/6 multi-view evaluation (2 temporal x 3 spatial)", [
+    stages["eval_multi"] = Stage("4/6 multi-view evaluation (5 temporal x 3 spatial)", [
         "eval", f"{out}/finetune_pretrained/weights.pt", "eval_tiny", *data_root,
         f"eval.out_dir={out}/eval_multiview"])
     stages["eval_single"] = Stage("4/6 single-view evaluation (1 x 1)", [
@@ -109,29 +99,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def loss_first_last(run: Path) -> tuple[float | None, float | None]:
+    losses = [e["loss"] for e in read_jsonl(run / "metrics.jsonl") if "event" not in e and "loss" in e]
+    return (losses[0], losses[-1]) if losses else (None, None)
+
+
+def last_val_top1(run: Path) -> float | None:
+    values = [e["val_acc1"] for e in read_jsonl(run / "metrics.jsonl") if "val_acc1" in e]
+    return values[-1] if values else None
+
+
+def eval_metrics(out_dir: Path) -> dict:
+    path = out_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def print_summary(stages: dict[str, Stage], out: Path, total: float) -> None:
-    pre, img = stages["pretrain"].result, stages["pretrain_image"].result
-    ft_pre, ft_rand = stages["ft_pre"].result, stages["ft_rand"].result
-    multi, single = stages["eval_multi"].result, stages["eval_single"].result
-    chance = 1.0 / ft_pre["num_classes"] if ft_pre.get("num_classes") else None
+    video, image = loss_first_last(out / "pretrain_video"), loss_first_last(out / "pretrain_image")
+    multi, single = eval_metrics(out / "eval_multiview"), eval_metrics(out / "eval_singleview")
+    classes = len(multi.get("class_names") or [])
     rows = [
-        ("video pretrain loss (first -> last)", f"{fmt(pre.get('first_loss'))} -> {fmt(pre.get('last_loss'))}"),
-        ("image pretrain loss (first -> last)", f"{fmt(img.get('first_loss'))} -> {fmt(img.get('last_loss'))}"),
-        ("finetune top-1, pretrained encoder", fmt(ft_pre.get("val_top1"), ".1f")),
-        ("finetune top-1, random init", fmt(ft_rand.get("val_top1"), ".1f")),
-        ("chance", fmt(100 * chance if chance else None, ".1f")),
-        ("multi-view top-1 (2x3 views)", fmt(multi.get("top1"), ".1f")),
-        ("single-view top-1 (1x1)", fmt(single.get("top1"), ".1f")),
+        ("video pretrain loss (first -> last logged)", f"{fmt(video[0])} -> {fmt(video[1])}"),
+        ("image pretrain loss (first -> last logged)", f"{fmt(image[0])} -> {fmt(image[1])}"),
+        ("finetune val top-1 %, pretrained encoder", fmt(last_val_top1(out / "finetune_pretrained"), ".1f")),
+        ("finetune val top-1 %, random init", fmt(last_val_top1(out / "finetune_random"), ".1f")),
+        (f"chance % ({classes} classes)", fmt(100 / classes if classes else None, ".1f")),
+        ("multi-view top-1 % (5 temporal x 3 spatial)", fmt(multi.get("top1"), ".1f")),
+        ("single-view top-1 % (1 x 1)", fmt(single.get("top1"), ".1f")),
         ("reconstruction video", f"{out}/reconstruction.mp4"),
-        ("logs and checkpoints", f"{out}/*/ (metrics.jsonl, tensorboard/, config.yaml, weights.pt)"),
+        ("logs, checkpoints, configs", f"{out}/<stage>/ (metrics.jsonl, tb/, config.yaml, weights.pt)"),
     ]
-    rows += [(f"time: {s.title[4:]}", f"{s.seconds:.0f} s") for s in stages.values()]
+    rows += [(f"time: {s.title.split(' ', 1)[1]}", f"{s.seconds:.0f} s") for s in stages.values()]
     rows.append(("total wall time", f"{total / 60:.1f} min"))
     width = max(len(k) for k, _ in rows)
-    print("\n" + "=" * (width + 40) + "\nvideoconvmae demo summary\n" + "-" * (width + 40))
+    line = "=" * (width + 50)
+    print(f"\n{line}\nvideoconvmae demo summary\n{'-' * len(line)}")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    print("=" * (width + 40))
+    print(line)
 
 
 if __name__ == "__main__":

@@ -125,19 +125,20 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                task: str | None = None) -> Config:
-    """Schema defaults <- preset chain <- ``task`` <- overrides; validated; returned as dataclasses."""
-    schema = OmegaConf.structured(Config)
-    merged = schema
-    if preset:
-        for path, data in _read_preset(find_preset(preset)):
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.create(data))
-            except OmegaConfBaseException as e:
-                raise ConfigError(_one_line(e, str(path))) from None
-    if task is not None:
-        merged.task = task
+def preset_layers(preset: str) -> list[tuple[str, dict]]:
+    """The preset's ``_base_`` chain as (source, dict) layers, root first."""
+    return [(str(path), data) for path, data in _read_preset(find_preset(preset))]
+
+
+def merge_layers(layers: list[tuple[str, dict]], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema defaults <- each (source, dict) layer <- ``key.sub=value`` overrides; validated dataclasses.
+    Errors are one line naming the layer's source or the override."""
+    merged = OmegaConf.structured(Config)
+    for source, data in layers:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e, source)) from None
     for text in overrides:
         key, value = parse_override(text)
         # `key=` means '' for a string field (e.g. model.pretrained=) and None for an optional one
@@ -154,6 +155,15 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     except (OmegaConfBaseException, ValueError, TypeError) as e:
         msg = _one_line(e, "config") if isinstance(e, OmegaConfBaseException) else f"config: {e}"
         raise ConfigError(msg) from None
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                task: str | None = None) -> Config:
+    """Schema defaults <- preset chain <- ``task`` <- overrides; validated; returned as dataclasses."""
+    layers = preset_layers(preset) if preset else []
+    if task is not None:
+        layers.append(("task", {"task": task}))
+    return merge_layers(layers, overrides)
 
 
 def to_dict(cfg: Any) -> dict:

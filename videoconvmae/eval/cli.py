@@ -16,11 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from videoconvmae.cli import UserError, config_from_args
-from videoconvmae.config import Config, ConfigError, _one_line, _read_preset, find_preset, parse_override
+from videoconvmae.config import Config, merge_layers, preset_layers
 
 USAGE = """videoconvmae eval PRESET [key.sub=value ...]
        videoconvmae eval CHECKPOINT [PRESET] [key.sub=value ...]
@@ -49,25 +46,9 @@ def config_from_checkpoint(checkpoint: str, preset: str | None, overrides: list[
     saved = {k: v for k, v in saved.items() if k != "eval"}
     layers: list[tuple[str, dict]] = [(f"{checkpoint} (saved config)", saved)]
     if preset:
-        layers += [(str(path), data) for path, data in _read_preset(find_preset(preset))]
+        layers += preset_layers(preset)
     layers.append(("eval command", {"task": "eval", "eval": {"checkpoint": checkpoint}}))
-    merged = OmegaConf.structured(Config)
-    for source, data in layers:
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.create(data))
-        except OmegaConfBaseException as e:
-            raise ConfigError(_one_line(e, source)) from None
-    for text in overrides:
-        key, value = parse_override(text)
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(_one_line(e, f"override {text!r}")) from None
-    try:
-        return OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, ValueError, TypeError) as e:
-        msg = _one_line(e, "config") if isinstance(e, OmegaConfBaseException) else f"config: {e}"
-        raise ConfigError(msg) from None
+    return merge_layers(layers, overrides)
 
 
 def eval_config(words: list[str]) -> Config:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -26,7 +27,7 @@ import numpy as np
 BACKENDS = ("decord", "pyav", "torchcodec")
 
 
-class VideoReader:
+class VideoReader(ABC):
     """An open video: ``num_frames``, ``fps`` and ``get_frames(indices) -> uint8 [T, H, W, 3]``."""
 
     path: str
@@ -46,10 +47,11 @@ class VideoReader:
             raise RuntimeError(f"{self.path}: decoded {len(frames)} of {len(unique)} requested frames")
         return frames[inverse]
 
+    @abstractmethod
     def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 [K, H, W, 3] frames at ascending unique ``indices`` (each backend decodes its own way)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a no-op default: backends without resources need not override it)
         pass
 
     def __enter__(self) -> VideoReader:

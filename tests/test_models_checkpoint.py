@@ -1,10 +1,10 @@
 """Checkpoint interop: our own round trip, the official ConvMAE layout (built here as the official code would
 produce it, then run through an independent re-implementation of the official forward), 2D -> 3D inflation."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mae_reference import mae_2d_sincos_numpy
 
 from videoconvmae.models import create_model, load_pretrained
 from videoconvmae.models.config import ModelConfig
@@ -88,16 +88,8 @@ def official_state_dict(grid=(4, 6), seed=0, decoder=True):
 
 
 def mae_2d_sincos(dim, gh, gw):
-    """MAE's numpy get_2d_sincos_pos_embed, generalised to gh x gw (meshgrid puts w first)."""
-    grid = np.stack(np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32)), axis=0)
-
-    def one_d(d, pos):
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    emb = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
-    return torch.from_numpy(emb).float()[None]
+    """MAE's reference embedding as the official model adds it: [1, gh*gw, dim] float32."""
+    return torch.from_numpy(mae_2d_sincos_numpy(dim, gh, gw)).float()[None]
 
 
 class OfficialOps:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from mae_reference import mae_2d_sincos_numpy
 
 from videoconvmae.cli import main
 from videoconvmae.models.layers import sincos_2d, sincos_3d
@@ -53,14 +54,7 @@ def test_visible_indices_ascending_and_rectangular():
 
 def test_2d_sincos_matches_mae_and_3d_at_t0_equals_2d():
     dim, gh, gw = 32, 3, 5
-    grid = np.stack(np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32)), axis=0)
-
-    def one_d(d, pos):
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    mae = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+    mae = mae_2d_sincos_numpy(dim, gh, gw)
     ours = sincos_2d(dim, (gh, gw))
     np.testing.assert_allclose(ours.numpy(), mae, atol=1e-12)
     three = sincos_3d(dim, (4, gh, gw)).reshape(4, gh * gw, dim)

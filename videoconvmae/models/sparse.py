@@ -219,10 +219,11 @@ def encode_visible_stages(enc: nn.Module, x: torch.Tensor, visible_idx: torch.Te
     x: [N, C, (T,) H, W]; visible_idx: [N, K] stage-3 cells, ascending; grid: the stage-3 grid.
     """
     n = x.shape[0]
-    windows = _gather_cells(_cell_windows(x, grid, CELL_SUB[0], 4), visible_idx)
-    stage1 = _visible_blocks(enc, enc.blocks1, _embed(enc.patch_embed1, windows), visible_idx, grid, 4)
-    h = _embed(enc.patch_embed2, _group_windows(stage1, 2))  # [N, K, 4, C2]
-    stage2 = _visible_blocks(enc, enc.blocks2, h, visible_idx, grid, 2)
+    sub1, sub2 = CELL_SUB
+    windows = _gather_cells(_cell_windows(x, grid, sub1, 4), visible_idx)  # 4x4-pixel stage-1 embed windows
+    stage1 = _visible_blocks(enc, enc.blocks1, _embed(enc.patch_embed1, windows), visible_idx, grid, sub1)
+    h = _embed(enc.patch_embed2, _group_windows(stage1, sub2))  # [N, K, 4, C2]
+    stage2 = _visible_blocks(enc, enc.blocks2, h, visible_idx, grid, sub2)
     tokens = _embed(enc.patch_embed3, _group_windows(stage2, 1))[:, :, 0]  # [N, K, C3]
     tokens = enc.patch_embed4(tokens)
     pos = enc.pos_embed(grid, tokens.shape[-1], tokens)  # [1, L, C3]

@@ -274,3 +274,16 @@ def test_bf16_autocast_runs_and_the_loss_stays_float32(name, shape):
     out["loss"].backward()
     assert out["pred"].dtype == torch.bfloat16 and out["loss"].dtype == torch.float32
     assert abs(out["loss"].item() - reference.item()) < 0.05 * reference.item()
+
+
+def test_head_init_std_reaches_the_head_from_the_config():
+    from videoconvmae.models.config import ModelConfig
+    from videoconvmae.models.registry import build_model
+
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(arch="convmae_tiny"), "finetune", num_classes=1000)
+    wide = build_model(ModelConfig(arch="convmae_tiny", head_init_std=0.02), "finetune", num_classes=1000)
+    assert default.head.weight.std().item() == pytest.approx(2e-5, rel=0.15)
+    assert wide.head.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    wide.reset_classifier(10)
+    assert wide.head.weight.std().item() == pytest.approx(0.02, rel=0.4)

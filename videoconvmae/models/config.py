@@ -16,6 +16,7 @@ class ModelConfig:
     tubelet: int | None = None  # temporal size of the cube embed; None = arch default (2)
     temporal_kernel: int | None = None  # temporal size of the depthwise conv; None = arch default (3)
     drop_path_rate: float = 0.0  # stochastic depth rate at the last block
+    head_init_std: float = 2e-5  # classifier head init std: MAE's 2e-5 suits a pretrained encoder
     num_classes: int = 0  # classifier outputs; 0 = number of classes in the dataset
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
     pretrained: str = ""  # checkpoint to initialise from (ours or official ConvMAE; 2D is inflated to 3D)

@@ -307,15 +307,15 @@ class ConvMAEPretrain(ConvMAEEncoder):
 class ConvMAEClassifier(ConvMAEEncoder):
     """Finetuning / linear-probe model: the encoder on all tokens -> mean pool -> ``fc_norm`` -> ``head``."""
 
-    def __init__(self, *, num_classes: int = 1000, **encoder_kwargs):
+    def __init__(self, *, num_classes: int = 1000, head_init_std: float = 2e-5, **encoder_kwargs):
         super().__init__(stage_decodes=False, final_norm=False, **encoder_kwargs)
-        self.num_classes = num_classes
+        self.num_classes, self.head_init_std = num_classes, head_init_std
         self.num_features = self.dims[-1]
         self.fc_norm = nn.LayerNorm(self.num_features, eps=TRANSFORMER_NORM_EPS)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights("trunc_normal")
         if num_classes > 0:
-            trunc_normal_(self.head.weight, std=2e-5)  # MAE finetuning's head init
+            trunc_normal_(self.head.weight, std=head_init_std)  # 2e-5: MAE finetuning's head init
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm``."""
@@ -334,7 +334,7 @@ class ConvMAEClassifier(ConvMAEEncoder):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            trunc_normal_(self.head.weight, std=2e-5)
+            trunc_normal_(self.head.weight, std=self.head_init_std)
             nn.init.zeros_(self.head.bias)
 
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -118,7 +118,8 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
         classes = model_cfg.num_classes or num_classes
         if classes <= 0:
             raise ValueError(f"model.num_classes: task {task!r} needs a class count > 0 (got {classes})")
-        model = create_model(f"{model_cfg.arch}_cls", num_classes=classes, **overrides)
+        model = create_model(f"{model_cfg.arch}_cls", num_classes=classes, head_init_std=model_cfg.head_init_std,
+                             **overrides)
     model.set_grad_checkpointing(model_cfg.grad_checkpointing)
     if model_cfg.pretrained:
         from videoconvmae.models.checkpoint import load_pretrained

@@ -7,10 +7,12 @@ Stages (each one `videoconvmae ...` command with a tiny preset, each with its ow
   1. data synth        motion-only synthetic clips (H.264 mp4 + VP9 webm, K400 / SSV2 / ImageNet layouts)
   2. pretrain          VideoConvMAE-tiny, 75% tube masks
   3. finetune x2       the same budget from the pretrained encoder and from random init
-  4. eval              multi-view (5 temporal x 3 spatial) vs single-view top-1 on the val split
+  4. eval              multi-view (5 temporal x 3 spatial) vs single-view top-1 on the val split, of the
+                       finetuned model with the better val top-1
   5. visualize         original / masked / reconstruction video of one val clip
   6. pretrain (image)  ConvMAE-tiny on the synthetic ImageNet-style folder, same CLI
-then a summary table. The synthetic dataset is reused when present; runs are redone under --out.
+then a summary table. The synthetic dataset is reused when present and written with the current generator
+settings (its synth.json); runs are redone under --out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +52,18 @@ def first_val_clip(data: Path) -> Path:
     return path if path.is_absolute() else data / "k400" / path
 
 
+def synth_is_current(data: Path) -> bool:
+    """Whether ``data`` was written by this generator version with its default settings."""
+    from videoconvmae.data.synth import SynthSpec
+
+    spec_file = data / "synth.json"
+    if not (data / "k400" / "train.csv").is_file() or not spec_file.is_file():
+        return False
+    written = json.loads(spec_file.read_text())
+    expected = json.loads(json.dumps(asdict(SynthSpec())))
+    return all(written.get(k) == v for k, v in expected.items() if k != "workers")
+
+
 def fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -61,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     started = time.perf_counter()
-    if args.fresh_data and data.exists():
+    if (args.fresh_data or not synth_is_current(data)) and data.exists():
         shutil.rmtree(data)
     if out.exists():
         shutil.rmtree(out)
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"data.val_annotation={data}/k400/val.csv"]
 
     stages: dict[str, Stage] = {}
-    if not (data / "k400" / "train.csv").is_file():
+    if not synth_is_current(data):
         stages["synth"] = Stage("1/6 synthetic dataset", ["data", "synth", "--out", str(data)])
     stages["pretrain"] = Stage("2/6 VideoConvMAE pretraining", [
         "pretrain", "pretrain_k400_tiny", *data_root, f"train.output_dir={out}/pretrain_video"])
@@ -79,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     stages["ft_rand"] = Stage("3/6 finetuning from random init (same budget)", [
         "finetune", "finetune_k400_tiny", *data_root, "model.pretrained=", f"train.output_dir={out}/finetune_random"])
     stages["eval_multi"] = Stage("4/6 multi-view evaluation (5 temporal x 3 spatial)", [
-        "eval", f"{out}/finetune_pretrained/weights.pt", "eval_tiny", *data_root,
-        f"eval.out_dir={out}/eval_multiview"])
+        "eval", "BEST_FINETUNE", "eval_tiny", *data_root, f"eval.out_dir={out}/eval_multiview"])
     stages["eval_single"] = Stage("4/6 single-view evaluation (1 x 1)", [
-        "eval", f"{out}/finetune_pretrained/weights.pt", "eval_tiny", *data_root, "eval.num_temporal_views=1",
+        "eval", "BEST_FINETUNE", "eval_tiny", *data_root, "eval.num_temporal_views=1",
         "eval.num_spatial_views=1", f"eval.out_dir={out}/eval_singleview"])
     stages["visualize"] = Stage("5/6 reconstruction video", [
         "visualize", f"{out}/pretrain_video/weights.pt", "VAL_CLIP", "--out", f"{out}/reconstruction.mp4"])
@@ -90,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain", "pretrain_in1k_tiny", f"data.root={data}/imagenet", f"data.train_annotation={data}/imagenet/train",
         f"data.val_annotation={data}/imagenet/val", f"train.output_dir={out}/pretrain_image"])
 
+    best = None
     for key, stage in stages.items():
         if key == "visualize":
             stage.args[2] = str(first_val_clip(data))
+        if key.startswith("eval"):
+            best = best or best_finetune(out)
+            stage.args[1] = str(out / best / "weights.pt")
         stage.run()
 
-    print_summary(stages, out, time.perf_counter() - started)
+    print_summary(stages, out, time.perf_counter() - started, best)
     return 0
 
 
@@ -113,12 +131,18 @@ def last_val_top1(run: Path) -> float | None:
     return values[-1] if values else None
 
 
+def best_finetune(out: Path) -> str:
+    """The finetune run (folder name) with the higher last val top-1; the pretrained one on a tie."""
+    runs = ("finetune_pretrained", "finetune_random")
+    return max(runs, key=lambda r: (last_val_top1(out / r) or 0.0, r == runs[0]))
+
+
 def eval_metrics(out_dir: Path) -> dict:
     path = out_dir / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def print_summary(stages: dict[str, Stage], out: Path, total: float) -> None:
+def print_summary(stages: dict[str, Stage], out: Path, total: float, best: str | None) -> None:
     video, image = loss_first_last(out / "pretrain_video"), loss_first_last(out / "pretrain_image")
     multi, single = eval_metrics(out / "eval_multiview"), eval_metrics(out / "eval_singleview")
     classes = len(multi.get("class_names") or [])
@@ -128,6 +152,7 @@ def print_summary(stages: dict[str, Stage], out: Path, total: float) -> None:
         ("finetune val top-1 %, pretrained encoder", fmt(last_val_top1(out / "finetune_pretrained"), ".1f")),
         ("finetune val top-1 %, random init", fmt(last_val_top1(out / "finetune_random"), ".1f")),
         (f"chance % ({classes} classes)", fmt(100 / classes if classes else None, ".1f")),
+        ("model evaluated below", (best or "n/a").replace("_", " ")),
         ("multi-view top-1 % (5 temporal x 3 spatial)", fmt(multi.get("top1"), ".1f")),
         ("single-view top-1 % (1 x 1)", fmt(single.get("top1"), ".1f")),
         ("reconstruction video", f"{out}/reconstruction.mp4"),

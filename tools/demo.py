@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     started = time.perf_counter()
-    if (args.fresh_data or not synth_is_current(data)) and data.exists():
+    write_data = args.fresh_data or not synth_is_current(data)
+    if write_data and data.exists():
         shutil.rmtree(data)
     if out.exists():
         shutil.rmtree(out)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"data.val_annotation={data}/k400/val.csv"]
 
     stages: dict[str, Stage] = {}
-    if not synth_is_current(data):
+    if write_data:
         stages["synth"] = Stage("1/6 synthetic dataset", ["data", "synth", "--out", str(data)])
     stages["pretrain"] = Stage("2/6 VideoConvMAE pretraining", [
         "pretrain", "pretrain_k400_tiny", *data_root, f"train.output_dir={out}/pretrain_video"])

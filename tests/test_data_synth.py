@@ -15,6 +15,7 @@ from videoconvmae.data.synth import (
     _disk_frames,
     _k400_jobs,
     _ssv2_jobs,
+    render_clip,
     write_synthetic_dataset,
 )
 
@@ -27,13 +28,10 @@ def _files(root):
 
 
 def _decoded(path):
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
+    from videoconvmae.data.video import open_video
 
-
-def _render(job):
-    spec, dataset, split, index, motion, _ = job
-    return _disk_frames(_clip_rng(spec, dataset, split, index), motion, spec)
+    with open_video(path, "pyav") as reader:
+        return reader.get_frames(range(reader.num_frames)).astype(int)
 
 
 def test_deterministic_from_seed(tmp_path):
@@ -56,9 +54,9 @@ def test_clips_render_the_same_frames_in_any_process_and_decode_to_them(tmp_path
     root = write_synthetic_dataset(tmp_path, seed=3, **TINY, workers=2)
     jobs = _k400_jobs(spec, root / "k400") + _ssv2_jobs(spec, root / "ssv2")
     with get_context("spawn").Pool(2) as pool:
-        in_workers = pool.map(_render, jobs)
+        in_workers = pool.map(render_clip, jobs)
     for job, rendered in zip(jobs, in_workers):
-        np.testing.assert_array_equal(rendered, _render(job))
+        np.testing.assert_array_equal(rendered, render_clip(job))
     for i, job in enumerate(jobs):  # each file decodes to (lossy) its own clip: nearest of all renderings
         decoded = _decoded(job[-1])
         errors = [np.abs(decoded - rendered).mean() for rendered in in_workers]

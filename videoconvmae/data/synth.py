@@ -79,7 +79,7 @@ def _smooth_texture(rng: np.random.Generator, h: int, w: int, cells: int) -> np.
 
 
 def _disk_frames(rng: np.random.Generator, motion: int, spec: SynthSpec) -> np.ndarray:
-    """uint8 [T, H, W, 3]: a textured disk moving / turning on a textured background (wraps around)."""
+    """uint8 [T, H, W, 3]: a textured disk moving / turning (wrapping around) on a flat or textured background."""
     h, w, t = spec.height, spec.width, spec.num_frames
     _, _, (dy, dx), sense = MOTIONS[motion]
     background = _smooth_texture(rng, h, w, cells=int(rng.integers(4, 9))).astype(np.float32)
@@ -172,10 +172,15 @@ def _clip_rng(spec: SynthSpec, dataset: str, split: str, index: int) -> np.rando
     return np.random.default_rng([spec.seed, ("k400", "ssv2", "imagenet").index(dataset), SPLITS.index(split), index])
 
 
+def render_clip(job: tuple[SynthSpec, str, str, int, int, str]) -> np.ndarray:
+    """uint8 [T, H, W, 3]: the frames of one clip job ``(spec, dataset, split, index, motion, path)``."""
+    spec, dataset, split, index, motion, _ = job
+    return _disk_frames(_clip_rng(spec, dataset, split, index), motion, spec)
+
+
 def _write_clip(job: tuple[SynthSpec, str, str, int, int, str]) -> str:
-    spec, dataset, split, index, motion, path = job
-    encode_video(path, _disk_frames(_clip_rng(spec, dataset, split, index), motion, spec), fps=spec.fps)
-    return path
+    encode_video(job[-1], render_clip(job), fps=job[0].fps)
+    return job[-1]
 
 
 def _write_image(job: tuple[SynthSpec, str, int, int, str]) -> str:

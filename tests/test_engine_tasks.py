@@ -74,6 +74,24 @@ def test_video_pretrain_resumed_mid_epoch_is_bitwise_identical(synth_root, tmp_p
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
 
 
+def test_pretrain_and_finetune_are_bitwise_repeatable_with_0_or_2_loader_workers(synth_root, tmp_path):
+    """Same seed, same machine, same settings -> the same weights, whether 2 worker processes or the main
+    process decode (items are seeded by (seed, epoch, index), not by worker)."""
+    extra = ["optim.epochs=1", "optim.warmup_epochs=0", "optim.lr=3e-3"]
+    weights = {}
+    for run, workers in (("a", 2), ("b", 2), ("c", 0)):
+        pre = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / f"pre_{run}", *extra,
+                                 f"data.num_workers={workers}"))
+        fine = run_task(video_cfg("finetune_k400_tiny", synth_root, tmp_path / f"fine_{run}", *extra,
+                                  f"data.num_workers={workers}", f"model.pretrained={tmp_path}/pre_a/weights.pt",
+                                  "data.val_annotation="))
+        weights[run] = [load_checkpoint(r["checkpoint"])["model"] for r in (pre, fine)]
+    for run in ("b", "c"):
+        for stage, (a, b) in enumerate(zip(weights["a"], weights[run])):
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a), (run, ("pretrain", "finetune")[stage])
+
+
 def test_linear_probe_trains_only_the_head(synth_root, tmp_path, image_pretrain):
     pre_dir, _ = image_pretrain
     result = run_task(image_cfg("linprobe_in1k_tiny", synth_root, tmp_path, f"model.pretrained={pre_dir}/weights.pt",

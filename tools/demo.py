@@ -54,14 +54,15 @@ def first_val_clip(data: Path) -> Path:
 
 def synth_is_current(data: Path) -> bool:
     """Whether ``data`` was written by this generator version with its default settings."""
-    from videoconvmae.data.synth import SynthSpec
+    from videoconvmae.data.synth import SYNTH_FORMAT, SynthSpec
 
     spec_file = data / "synth.json"
     if not (data / "k400" / "train.csv").is_file() or not spec_file.is_file():
         return False
     written = json.loads(spec_file.read_text())
     expected = json.loads(json.dumps(asdict(SynthSpec())))
-    return all(written.get(k) == v for k, v in expected.items() if k != "workers")
+    return written.get("format") == SYNTH_FORMAT and all(
+        written.get(k) == v for k, v in expected.items() if k != "workers")
 
 
 def fmt(value, spec: str = ".3f") -> str:

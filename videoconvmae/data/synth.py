@@ -16,16 +16,20 @@ Layout written by ``write_synthetic_dataset(out_dir)`` (``videoconvmae data synt
     DIR/imagenet/{train,val}/<wnid>/*.JPEG   image mode: here the class IS visible in one image (its shape)
     DIR/synth.json                           the parameters it was written with
 
-Deterministic from ``seed``: each clip is rendered from its own generator seeded by (seed, dataset, split,
-index), so the same seed renders the same frames whether or not clips are written in parallel, and encoded
-single-threaded. The files are almost always the same bytes too, but not always: single-threaded libx264 was
-measured to emit a different IDR frame for the same input (3 writes in 40 of one tiny clip, under CPU load;
-the decoded frames then differ slightly). Compare decoded frames, not file hashes.
+Identical on every machine: each clip is rendered from its own generator seeded by (seed, dataset, split,
+index) with integer / IEEE-exact numpy only, converted to yuv420p in numpy (integer BT.601, not swscale, whose
+SIMD paths differ between CPUs), and encoded LOSSLESSLY (x264 qp 0, VP9 lossless). Lossy single-threaded
+libx264 was measured to emit a different IDR frame for the same input now and then under CPU load (3 writes in
+40), so two fresh clones trained on other pixels. The encoded bytes may still differ between writes; the
+decoded yuv planes may not: every file is decoded after writing and compared with its rendering (rewritten,
+then refused, if they differ), and ``synth.json`` records ``content_sha256``, a hash of every rendering that
+is the same on any machine for the same spec. RGB comes from the reader's yuv->rgb conversion.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -49,6 +53,8 @@ MOTIONS: tuple[tuple[str, str, tuple[float, float], int], ...] = (
 )
 OBJECT_NAMES = ("a disk", "a coin", "a plate", "a lid", "a badge", "a cookie")
 SPLITS = ("train", "val")
+# Bumped when the same spec would write other content: a reader of synth.json regenerates an older dataset.
+SYNTH_FORMAT = 2  # 2: lossless yuv420p from numpy (1: lossy x264 / VP9 through swscale)
 
 
 @dataclass
@@ -135,11 +141,35 @@ def _shape_image(rng: np.random.Generator, cls: int, spec: SynthSpec) -> np.ndar
     return img
 
 
-def encode_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, codec: str | None = None,
-                 pts: Sequence[int] | None = None) -> None:
-    """Write uint8 [T, H, W, 3] frames with PyAV: H.264 for .mp4, VP9 for .webm, one encoder thread.
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] RGB -> uint8 [T, H * 3 // 2, W]: planar yuv420p (the Y, U, V planes back to back).
 
-    ``pts`` (in 1/(fps*100) s units) lets tests write variable-frame-rate files.
+    BT.601 limited range in integer arithmetic (the 8-bit form of ITU-R BT.601), chroma from the rounded mean
+    of each 2x2 block: the same bytes on every CPU, which swscale's SIMD paths do not promise.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"frames: expected uint8 [T, H, W, 3] with even H, W, got {list(frames.shape)}")
+    rgb = frames.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    t, h, w = y.shape
+
+    def pooled(c: np.ndarray) -> np.ndarray:
+        return (c.reshape(t, h // 2, 2, w // 2, 2).sum(axis=(2, 4)) + 2) // 4
+
+    rp, gp, bp = pooled(r), pooled(g), pooled(b)
+    u = ((-38 * rp - 74 * gp + 112 * bp + 128) >> 8) + 128
+    v = ((112 * rp - 94 * gp - 18 * bp + 128) >> 8) + 128
+    planes = np.concatenate([y.reshape(t, -1), u.reshape(t, -1), v.reshape(t, -1)], axis=1)  # FFmpeg's layout
+    return planes.reshape(t, h * 3 // 2, w).clip(0, 255).astype(np.uint8)
+
+
+def encode_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, codec: str | None = None,
+                 pts: Sequence[int] | None = None, lossless: bool = False) -> None:
+    """Write uint8 [T, H, W, 3] RGB frames with PyAV: H.264 for .mp4, VP9 for .webm, one encoder thread.
+
+    The yuv420p conversion is ours (``rgb_to_yuv420p``); ``lossless`` makes the decoded yuv planes equal to it
+    exactly. ``pts`` (in 1/(fps*100) s units) lets tests write variable-frame-rate files.
     """
     from fractions import Fraction
 
@@ -149,8 +179,13 @@ def encode_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, cod
     codec = codec or {".mp4": "libx264", ".webm": "libvpx-vp9"}.get(path.suffix)
     if codec is None:
         raise ValueError(f"{path}: expected a .mp4 or .webm file name")
-    options = ({"crf": "20", "preset": "veryfast", "threads": "1"} if codec == "libx264"
-               else {"crf": "30", "b:v": "0", "deadline": "good", "cpu-used": "8", "threads": "1"})
+    if codec == "libx264":
+        options = {"qp": "0"} if lossless else {"crf": "20"}
+        options.update(preset="veryfast", threads="1")
+    else:
+        options = {"lossless": "1"} if lossless else {"crf": "30", "b:v": "0"}
+        options.update({"deadline": "good", "cpu-used": "8", "threads": "1"})
+    planes = rgb_to_yuv420p(np.asarray(frames))
     # bitexact: no random Matroska segment UID / encoder version tag, so the bytes depend only on the pixels
     with av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
@@ -158,14 +193,22 @@ def encode_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, cod
         stream.codec_context.thread_count = 1
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, fps * 100)
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        for i, plane in enumerate(planes):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(plane), format="yuv420p")
             if pts is not None:
                 frame.pts, frame.time_base = int(pts[i]), Fraction(1, fps * 100)
             else:
                 frame.pts, frame.time_base = i, Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def decode_yuv420p(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [T, H * 3 // 2, W]: the decoded planes of a yuv420p file, without any colour conversion."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="yuv420p") for f in container.decode(video=0)])
 
 
 def _clip_rng(spec: SynthSpec, dataset: str, split: str, index: int) -> np.random.Generator:
@@ -178,17 +221,28 @@ def render_clip(job: tuple[SynthSpec, str, str, int, int, str]) -> np.ndarray:
     return _disk_frames(_clip_rng(spec, dataset, split, index), motion, spec)
 
 
+WRITE_ATTEMPTS = 3  # rewrites of a clip whose decoded planes differ from its rendering (never seen, but cheap)
+
+
 def _write_clip(job: tuple[SynthSpec, str, str, int, int, str]) -> str:
-    encode_video(job[-1], render_clip(job), fps=job[0].fps)
-    return job[-1]
+    """Encode one clip losslessly and check that it decodes to its rendering; returns the rendering's sha256."""
+    rgb = render_clip(job)
+    planes = rgb_to_yuv420p(rgb)
+    for _ in range(WRITE_ATTEMPTS):
+        encode_video(job[-1], rgb, fps=job[0].fps, lossless=True)
+        decoded = decode_yuv420p(job[-1])
+        if decoded.shape == planes.shape and np.array_equal(decoded, planes):
+            return hashlib.sha256(planes.tobytes()).hexdigest()
+    raise RuntimeError(f"{job[-1]}: decoded frames differ from the rendering after {WRITE_ATTEMPTS} lossless writes")
 
 
 def _write_image(job: tuple[SynthSpec, str, int, int, str]) -> str:
     from PIL import Image
 
     spec, split, index, cls, path = job
-    Image.fromarray(_shape_image(_clip_rng(spec, "imagenet", split, index), cls, spec)).save(path, quality=92)
-    return path
+    image = _shape_image(_clip_rng(spec, "imagenet", split, index), cls, spec)
+    Image.fromarray(image).save(path, quality=92)
+    return hashlib.sha256(image.tobytes()).hexdigest()
 
 
 def _youtube_id(rng: np.random.Generator) -> str:
@@ -279,12 +333,10 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, seed: int = 0, **overrid
     image_jobs = _imagenet_jobs(spec, out / "imagenet")
     if spec.workers > 1:
         with get_context("spawn").Pool(spec.workers) as pool:
-            pool.map(_write_clip, clip_jobs, chunksize=4)
-            pool.map(_write_image, image_jobs, chunksize=16)
+            hashes = pool.map(_write_clip, clip_jobs, chunksize=4) + pool.map(_write_image, image_jobs, chunksize=16)
     else:
-        for job in clip_jobs:
-            _write_clip(job)
-        for job in image_jobs:
-            _write_image(job)
-    (out / "synth.json").write_text(json.dumps(asdict(spec), indent=1))
+        hashes = [_write_clip(job) for job in clip_jobs] + [_write_image(job) for job in image_jobs]
+    content = hashlib.sha256("".join(hashes).encode()).hexdigest()
+    (out / "synth.json").write_text(json.dumps({**asdict(spec), "format": SYNTH_FORMAT,
+                                                "content_sha256": content}, indent=1))
     return out

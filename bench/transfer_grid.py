@@ -1,0 +1,106 @@
+"""The transfer test's recipe over seeds x torch threads x loader workers: how robust is "pretraining transfers"?
+
+    .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 3 4 --threads 1 2 --workers 0 2 --out runs/transfer_grid
+    .venv/bin/python bench/transfer_grid.py --seeds 0 1 --threads 1 --workers 2 --sabotage noise
+
+Each cell runs ``tests/test_engine_transfer.run_transfer`` (pretrain_k400_tiny -> finetune_k400_tiny from it and
+from random init, the test's budgets) in a fresh interpreter with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
+set: 1 and 2 threads reduce in other orders, the way another CPU's kernels do. Workers 0 and 2 must give the same
+numbers (the run is bitwise repeatable); the tool says so when they do not. ``--sabotage noise`` replaces every
+pretrained tensor by Gaussian noise of the same mean and std before finetuning: the test must then fail.
+Prints one row per cell, then min / median / max of both arms and of the margin, and whether every cell passes
+the test's bars. ``--jobs 2`` runs two cells at once (1 thread each is then the fair setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CELL = """
+import json, sys, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from tests.test_engine_transfer import run_transfer
+corrupt = None
+if {sabotage!r} == "noise":
+    def corrupt(path):
+        state = torch.load(path, weights_only=True)
+        gen = torch.Generator().manual_seed(12345)
+        def noise(v):
+            return torch.randn(v.shape, generator=gen) * v.float().std().nan_to_num(0.02) + v.float().mean()
+        state["model"] = {{k: noise(v).to(v.dtype) if v.is_floating_point() else v for k, v in state["model"].items()}}
+        torch.save(state, path)
+print("CELL", json.dumps(run_transfer(Path({data!r}), Path({work!r}), seed={seed}, num_workers={workers},
+                                     corrupt_pretrained=corrupt)))
+"""
+
+
+def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, sabotage: str) -> dict:
+    code = CELL.format(threads=threads, root=str(ROOT), sabotage=sabotage, data=str(data), work=str(work),
+                       seed=seed, workers=workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    (work / "log.txt").write_text(proc.stdout + proc.stderr)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CELL ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"cell seed={seed} threads={threads} workers={workers} failed: see {work / 'log.txt'}")
+    return {"seed": seed, "threads": threads, "workers": workers, **json.loads(line[5:])}
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):5.1f} / {statistics.median(values):5.1f} / {max(values):5.1f}"
+
+
+def main() -> int:
+    from tests.test_engine_transfer import MIN_MARGIN, MIN_PRETRAINED, transfer_holds, write_transfer_data
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--sabotage", choices=["none", "noise"], default="none")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    parser.add_argument("--out", default="runs/transfer_grid")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    data = out / "synth"
+    if not (data / "synth.json").is_file():
+        write_transfer_data(data)
+    cells = [(s, t, w) for s in args.seeds for t in args.threads for w in args.workers]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda c: run_cell(data, out / f"{args.sabotage}_s{c[0]}_t{c[1]}_w{c[2]}", *c,
+                                                args.sabotage), cells))
+    print(f"{'seed':>4} {'threads':>7} {'workers':>7} {'pretrained':>10} {'random':>7} {'margin':>7}  test")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7} {r['pretrained']:>10.1f} {r['random']:>7.1f} "
+              f"{r['pretrained'] - r['random']:>7.1f}  {'pass' if transfer_holds(r) else 'FAIL'}")
+    margins = [r["pretrained"] - r["random"] for r in rows]
+    print(f"min / median / max  pretrained {spread([r['pretrained'] for r in rows])}   "
+          f"random {spread([r['random'] for r in rows])}   margin {spread(margins)}")
+    print(f"bars: pretrained >= {MIN_PRETRAINED:.1f}, margin >= {MIN_MARGIN:.1f}; "
+          f"{sum(map(transfer_holds, rows))} of {len(rows)} cells pass")
+    by_run: dict[tuple, set] = {}
+    for r in rows:
+        by_run.setdefault((r["seed"], r["threads"]), set()).add((r["pretrained"], r["random"]))
+    differing = [k for k, v in by_run.items() if len(v) > 1]
+    print("workers 0 vs 2: identical in every (seed, threads) pair" if not differing else
+          f"workers 0 vs 2 DIFFER for (seed, threads) {differing}")
+    (out / f"grid_{args.sabotage}.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

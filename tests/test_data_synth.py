@@ -70,6 +70,21 @@ def test_the_same_dataset_on_any_machine_under_any_load(tmp_path):
     assert all(files_a[k] == files_b[k] for k in files_a if k not in videos and k.name != "synth.json")
     for k in videos:
         np.testing.assert_array_equal(decode_yuv420p(a / k), decode_yuv420p(b / k), err_msg=str(k))
+    assert _training_inputs(a) == _training_inputs(b)  # what a run sees: decoded, cropped, normalised
+
+
+def _training_inputs(root) -> list[bytes]:
+    """The pretraining items of the K400 train split, seeded as the trainer seeds them, as bytes."""
+    from videoconvmae.config import load_config
+    from videoconvmae.data import build_dataset
+    from videoconvmae.engine.trainer import SeededItems
+
+    k = root / "k400"
+    cfg = load_config("pretrain_k400_tiny", [f"data.root={k}", f"data.train_annotation={k}/train.csv",
+                                             "data.input_size=32", "data.short_side_size=32", "data.num_frames=4",
+                                             "data.sampling_rate=1"])
+    items = SeededItems(build_dataset(cfg.data, "train", "pretrain"), seed=0)
+    return [items[i]["input"].numpy().tobytes() for i in range(len(items))]
 
 
 def test_every_file_decodes_exactly_to_its_rendering_with_every_decoder(tmp_path):

@@ -30,6 +30,10 @@ from videoconvmae.launch.config import SlurmConfig
 from videoconvmae.models.config import ModelConfig
 
 TASKS = ("pretrain", "finetune", "linprobe", "eval")
+# keys that were replaced: a preset or override using one gets a line naming the new key
+REPLACED_KEYS = {
+    "model.norm_pix_loss": "model.loss_target (mae = the old norm_pix_loss: true, pixel = false; videomae)",
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_KEY = "_base_"
 
@@ -102,6 +106,8 @@ def _one_line(err: OmegaConfBaseException, source: str) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0].strip()
     msg = re.sub(r"\s+", " ", msg)
+    if "Key '" in msg and "not in" in msg and key in REPLACED_KEYS:
+        return f"{source}: '{key}' was replaced by {REPLACED_KEYS[key]}"
     if "Key '" in msg and "not in" in msg:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         schema = _section_fields(parent)
@@ -174,8 +180,22 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _upgrade_saved(data: dict) -> dict:
+    """A config saved by an older version, in today's keys, meaning what it meant then (model.norm_pix_loss
+    true was the MAE target, false the raw pixels)."""
+    model = data.get("model")
+    if isinstance(model, dict) and "norm_pix_loss" in model:
+        model = dict(model)
+        norm_pix = model.pop("norm_pix_loss")
+        model.setdefault("loss_target", "mae" if norm_pix else "pixel")
+        data = {**data, "model": model}
+    return data
+
+
 def from_dict(data: dict) -> Config:
-    """Rebuild a Config from a saved dict (e.g. inside a checkpoint), with the same validation."""
+    """Rebuild a Config from a saved dict (e.g. inside a checkpoint), with the same validation; configs saved
+    before a key was replaced are upgraded (``_upgrade_saved``)."""
+    data = _upgrade_saved(data)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
     except OmegaConfBaseException as e:

@@ -181,15 +181,24 @@ def to_yaml(cfg: Any) -> str:
 
 
 def _upgrade_saved(data: dict) -> dict:
-    """A config saved by an older version, in today's keys, meaning what it meant then (model.norm_pix_loss
-    true was the MAE target, false the raw pixels)."""
+    """A config saved before issue 16 (it has ``model.norm_pix_loss``; saved configs hold every key) in today's
+    keys, meaning what it meant then: norm_pix_loss true / false = loss_target mae / pixel, a fixed position
+    table, the transformer-style init, num_segments 0 = unset, ssv2 segment-sampled in every mode (so its
+    sampling_rate was never read) and never flipped."""
     model = data.get("model")
-    if isinstance(model, dict) and "norm_pix_loss" in model:
-        model = dict(model)
-        norm_pix = model.pop("norm_pix_loss")
-        model.setdefault("loss_target", "mae" if norm_pix else "pixel")
-        data = {**data, "model": model}
-    return data
+    if not (isinstance(model, dict) and "norm_pix_loss" in model):
+        return data
+    model = dict(model)
+    model.setdefault("loss_target", "mae" if model.pop("norm_pix_loss") else "pixel")
+    model.setdefault("pos_embed", "fixed")
+    model.setdefault("conv_init", "transformer")
+    old = dict(data.get("data") or {})
+    if old.get("num_segments") == 0:
+        old["num_segments"] = None
+    if old.get("dataset") == "ssv2":
+        old.setdefault("sampling", "segment")
+        old["sampling_rate"], old["flip"] = None, None
+    return {**data, "model": model, "data": old}
 
 
 def from_dict(data: dict) -> Config:

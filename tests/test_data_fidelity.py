@@ -78,3 +78,22 @@ def test_segment_positions():
     idx = segment_indices(50, 8, train=True, rng=rng)
     want = [min(49, int(np.floor(k * 50 / 8 + ref.random() * 50 / 8))) for k in range(8)]
     assert idx.tolist() == want
+
+
+def test_image_pretraining_crops_and_flips_like_mae():
+    """MAE / ConvMAE main_pretrain.py: RandomResizedCrop(scale=(0.2, 1.0)) + RandomHorizontalFlip."""
+    from videoconvmae.data.transforms import flip_enabled
+
+    cfg = load_config("pretrain_in1k_base").data
+    assert cfg.pretrain_crop == "rrc" and cfg.pretrain_rrc_scale == [0.2, 1.0] and flip_enabled(cfg, "pretrain")
+
+
+def test_randaugment_is_bicubic_like_both_upstreams():
+    """VideoMAE (create_random_augment(interpolation=args.train_interpolation='bicubic')) and MAE / ConvMAE
+    (timm create_transform(interpolation='bicubic')) give RandAugment bicubic resampling, not timm's random."""
+    from PIL import Image
+
+    from videoconvmae.data.transforms import ClipRandAugment
+
+    ops = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 224, [0.485, 0.456, 0.406]).op.ops
+    assert ops and all(op.kwargs["resample"] == Image.BICUBIC for op in ops)

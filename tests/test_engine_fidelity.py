@@ -101,3 +101,17 @@ def test_each_base_preset_names_the_script_it_reproduces(preset, names):
     header = "".join(line[1:].strip() for line in find_preset(preset).read_text().splitlines()
                      if line.startswith("#"))
     assert "Reproduces:" in header and names.replace(" ", "") in header.replace(" ", "")
+
+
+def test_tiny_presets_keep_the_measured_recipe():
+    """Issue 14's tiny presets keep the behaviour they were measured with (each pinned key, resolved)."""
+    pre = load_config("pretrain_k400_tiny")
+    assert (pre.model.loss_target, pre.model.conv_init, pre.data.pretrain_crop) == ("mae", "transformer", "multiscale")
+    assert pre.optim.min_lr == 0.0 and not pre.optim.scale_lr_bounds and not flip_enabled(pre.data, "pretrain")
+    ssv2 = load_config("pretrain_ssv2_tiny")
+    assert clip_sampling(ssv2.data, "pretrain").kind == "segment"  # measured with segment sampling
+    for name in ("finetune_k400_tiny", "finetune_ssv2_tiny", "finetune_in1k_tiny", "linprobe_k400_tiny",
+                 "linprobe_in1k_tiny", "eval_tiny"):
+        cfg = load_config(name)
+        assert (cfg.model.pos_embed, cfg.model.conv_init) == ("fixed", "transformer"), name
+    assert load_config("pretrain_in1k_tiny").model.conv_init == "transformer"

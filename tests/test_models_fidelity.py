@@ -120,12 +120,15 @@ def test_the_old_norm_pix_key_is_a_one_line_error_naming_the_new_one(tmp_path):
 
 
 # ---- decoders, init -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("size,dim,heads", [("small", 192, 3), ("base", 384, 6), ("large", 512, 8)])
-def test_video_decoders_are_videomae_of_the_same_size(size, dim, heads):
-    """VideoMAE modeling_pretrain.py pretrain_videomae_{size}_patch16_224 (decoder_depth 4 in its scripts)."""
+@pytest.mark.parametrize("name,depth,dim,heads", [
+    ("videoconvmae_small", 4, 192, 3), ("videoconvmae_base", 4, 384, 6), ("videoconvmae_large", 4, 512, 8),
+    ("convmae_base", 8, 512, 16)])
+def test_decoders_follow_upstream(name, depth, dim, heads):
+    """Video: VideoMAE modeling_pretrain.py pretrain_videomae_{size}_patch16_224 (decoder_depth 4 in its
+    scripts); image: ConvMAE models_convmae.py convmae_convvit_base_patch16_dec512d8b."""
     with torch.device("meta"):
-        model = create_model(f"videoconvmae_{size}_pretrain")
-    assert model.decoder_embed.out_features == dim and len(model.decoder_blocks) == 4
+        model = create_model(f"{name}_pretrain")
+    assert model.decoder_embed.out_features == dim and len(model.decoder_blocks) == depth
     assert model.decoder_blocks[0].attn.num_heads == heads
 
 

@@ -122,9 +122,14 @@ class ClipRandAugment:
     """
 
     def __init__(self, spec: str, input_size: int, mean: list[float]) -> None:
+        from PIL import Image
         from timm.data.auto_augment import rand_augment_transform
 
-        hparams = dict(translate_const=int(input_size * 0.45), img_mean=tuple(round(255 * m) for m in mean))
+        # bicubic geometric ops, as both upstreams pass their train interpolation (bicubic) to RandAugment:
+        # VideoMAE video_transforms.create_random_augment, MAE / ConvMAE timm create_transform; timm's own
+        # default would pick bilinear or bicubic at random per op
+        hparams = dict(translate_const=int(input_size * 0.45), img_mean=tuple(round(255 * m) for m in mean),
+                       interpolation=Image.BICUBIC)
         self.op = rand_augment_transform(spec, hparams)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:

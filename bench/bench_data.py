@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from videoconvmae.data.config import DataConfig  # noqa: E402
 from videoconvmae.data.dataset import build_dataset, collate  # noqa: E402
-from videoconvmae.data.sampling import dense_indices  # noqa: E402
+from videoconvmae.data.sampling import clip_indices, clip_sampling  # noqa: E402
 from videoconvmae.data.synth import SynthSpec, _disk_frames, encode_video  # noqa: E402
 from videoconvmae.data.video import BACKENDS, open_video  # noqa: E402
 
@@ -63,7 +63,7 @@ def raw_clips_per_s(paths: list[Path], backend: str, cfg: DataConfig, passes: in
     for _ in range(passes):
         for path in paths:
             with open_video(path, backend) as reader:
-                idx = dense_indices(reader.num_frames, cfg.num_frames, cfg.sampling_rate, train=True)
+                idx = clip_indices(clip_sampling(cfg, "finetune"), reader.num_frames, train=True)
                 reader.get_frames(idx)
             n += 1
     return n / (time.perf_counter() - start)

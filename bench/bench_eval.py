@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         args.videos, args.frames, args.height, args.width, args.size, args.repeats = 4, 80, 120, 160, 112, 1
     t_views, s_views = (int(v) for v in args.views.lower().split("x"))
     torch.set_num_threads(1)
-    spec = ViewSpec(dataset="k400", clip_len=16, sampling_rate=4, num_segments=16, short_side=args.size,
+    spec = ViewSpec(dataset="k400", sampling="dense", clip_len=16, sampling_rate=4, num_segments=16,
+                    short_side=args.size,
                     crop=args.size, num_temporal=t_views, num_spatial=s_views, mean=MEAN, std=STD,
                     decoder=args.decoder)
     model = None

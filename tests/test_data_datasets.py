@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from videoconvmae.config import ConfigError
 from videoconvmae.data import dataset as dataset_module
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.dataset import DataError, SkipStats, build_dataset, collate
@@ -19,13 +20,13 @@ from videoconvmae.data.synth import encode_video
 from videoconvmae.data.transforms import MULTISCALE_SCALES, ClipErasing, ClipTransform, multiscale_crop_box
 from videoconvmae.data.video import UnreadableError, read_clip
 
-TINY = dict(num_frames=4, sampling_rate=2, input_size=32, short_side_size=32, num_workers=0)
+TINY = dict(num_frames=4, input_size=32, short_side_size=32, num_workers=0)
 
 
 def _cfg(root, dataset="k400", **kw):
     paths = {
         "k400": dict(root=f"{root}/k400", train_annotation=f"{root}/k400/train.csv",
-                     val_annotation=f"{root}/k400/val.csv"),
+                     val_annotation=f"{root}/k400/val.csv", sampling_rate=2),
         "ssv2": dict(root=f"{root}/ssv2/videos", train_annotation=f"{root}/ssv2/train.json",
                      val_annotation=f"{root}/ssv2/validation.json"),
         "imagefolder": dict(train_annotation=f"{root}/imagenet/train", val_annotation=f"{root}/imagenet/val"),
@@ -116,24 +117,39 @@ def _gradient_video(path, t=8, h=48, w=64):
     encode_video(path, np.broadcast_to(ramp[None, None, :, None], (t, h, w, 3)).copy())
 
 
-def test_ssv2_training_never_flips(tmp_path):
-    """A left-to-right brightness ramp stays left-to-right in every SSV2 training clip (flip=True in config)."""
+def _ramp_directions(tmp_path, dataset, mode, **kw):
+    """Left-to-right? for 25 training clips of a brightness ramp (a flipped clip runs right-to-left)."""
     _gradient_video(tmp_path / "ramp.webm")
     _gradient_video(tmp_path / "ramp.mp4")
     (tmp_path / "ssv2.txt").write_text("ramp.webm 0\n")
     (tmp_path / "k400.txt").write_text("ramp.mp4 0\n")
-    base = dict(root=str(tmp_path), flip=True, randaug="", reprob=0.0, **TINY)
-    directions = {}
-    for dataset in ("ssv2", "k400"):
-        cfg = DataConfig(dataset=dataset, train_annotation=str(tmp_path / f"{dataset}.txt"), **base)
-        for mode in ("pretrain", "finetune", "linprobe"):
-            ds = build_dataset(cfg, "train", mode)
-            random.seed(0)
-            for _ in range(25):
-                x = ds[0]["input"]
-                directions.setdefault(dataset, []).append(bool(x[..., -1].mean() > x[..., 0].mean()))
-    assert all(directions["ssv2"])
-    assert 0 < sum(directions["k400"]) < len(directions["k400"])  # K400 does flip (about half the clips)
+    cfg = DataConfig(dataset=dataset, root=str(tmp_path), train_annotation=str(tmp_path / f"{dataset}.txt"),
+                     randaug="", reprob=0.0, **TINY, **kw)
+    ds = build_dataset(cfg, "train", mode)
+    random.seed(0)
+    out = []
+    for _ in range(25):
+        x = ds[0]["input"]
+        out.append(bool(x[..., -1].mean() > x[..., 0].mean()))
+    return out
+
+
+def test_ssv2_training_never_flips(tmp_path):
+    """SSV2 labels name directions: no mode flips, and asking for a flip is an error, not silently ignored."""
+    for mode in ("pretrain", "finetune", "linprobe"):
+        assert all(_ramp_directions(tmp_path, "ssv2", mode))
+    with pytest.raises(ConfigError, match="data.flip=true: ssv2"):
+        _ramp_directions(tmp_path, "ssv2", "finetune", flip=True)
+
+
+def test_video_pretraining_does_not_flip_finetuning_does(tmp_path):
+    """VideoMAE's pretraining transform (DataAugmentationForVideoMAE: multi-scale crop, stack, normalise) has no
+    flip; its K400 finetuning flips. data.flip=true still turns it on for pretraining when asked."""
+    assert all(_ramp_directions(tmp_path, "k400", "pretrain"))
+    finetune = _ramp_directions(tmp_path, "k400", "finetune")
+    assert 0 < sum(finetune) < len(finetune)  # about half the clips mirrored
+    asked = _ramp_directions(tmp_path, "k400", "pretrain", flip=True)
+    assert 0 < sum(asked) < len(asked)
 
 
 def test_repeated_augmentation_decodes_once(synth_root, monkeypatch):

@@ -18,7 +18,7 @@ DEC_DIM, DEC_DEPTH, DEC_HEADS = 64, 1, 2
 
 def official_state_dict(grid=(4, 6), seed=0, decoder=True):
     """Random weights with the official keys and shapes: 1x1 convs as [C, C, 1, 1], depthwise conv named ``attn``,
-    fixed ``pos_embed`` tables."""
+    the fixed sin-cos ``pos_embed`` tables the official pretraining stores."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
 
@@ -53,8 +53,7 @@ def official_state_dict(grid=(4, 6), seed=0, decoder=True):
     put("stage1_output_decode.bias", DIMS[2])
     put("stage2_output_decode.weight", DIMS[2], DIMS[1], 2, 2)
     put("stage2_output_decode.bias", DIMS[2])
-    num_patches = grid[0] * grid[1]
-    sd["pos_embed"] = torch.zeros(1, num_patches, DIMS[2])  # ignored by our loader: we compute ours
+    sd["pos_embed"] = mae_2d_sincos(DIMS[2], *grid)  # the official initialize_weights
     for stage in (1, 2):
         c, ratio = DIMS[stage - 1], RATIOS[stage - 1]
         for i in range(DEPTHS[stage - 1]):
@@ -78,7 +77,7 @@ def official_state_dict(grid=(4, 6), seed=0, decoder=True):
         put("decoder_embed.weight", DEC_DIM, DIMS[2])
         put("decoder_embed.bias", DEC_DIM)
         put("mask_token", 1, 1, DEC_DIM)
-        sd["decoder_pos_embed"] = torch.zeros(1, num_patches, DEC_DIM)
+        sd["decoder_pos_embed"] = mae_2d_sincos(DEC_DIM, *grid)
         for i in range(DEC_DEPTH):
             vit_block(f"decoder_blocks.{i}", DEC_DIM, RATIOS[0])
         ln("decoder_norm", DEC_DIM)
@@ -141,7 +140,7 @@ def official_classifier_forward(sd, imgs):
         x = o.cblock(x, f"blocks2.{i}")
     x = o.patch_embed(x, "patch_embed3", 2).flatten(2).permute(0, 2, 1)
     x = F.linear(x, sd["patch_embed4.weight"], sd["patch_embed4.bias"])
-    x = x + mae_2d_sincos(DIMS[2], imgs.shape[2] // 16, imgs.shape[3] // 16)
+    x = x + sd["pos_embed"]  # ConvViT's own (learned) table
     for i in range(DEPTHS[2]):
         x = o.vit_block(x, f"blocks3.{i}", HEADS)
     x = o.layer_norm(x.mean(dim=1), "fc_norm", 1e-6)
@@ -218,27 +217,43 @@ def test_official_layout_full_checkpoint_loads_and_matches_the_official_forward(
 
 
 def test_official_pretrain_checkpoint_into_classifier_reports_head_and_fc_norm():
-    model = create_model("convmae_tiny_cls", num_classes=10)
+    model = create_model("convmae_tiny_cls", num_classes=10, pos_grid=(4, 6))
     report = load_pretrained(model, {"model": official_state_dict()})
     assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert report.ignored == ["decoder_pos_embed"] and "1 ignored" in report.summary()
+    torch.testing.assert_close(model.pos_embed.data, mae_2d_sincos(DIMS[2], 4, 6))  # what ConvMAE finetunes from
     assert "norm.weight" in report.unexpected and "decoder_embed.weight" in report.unexpected
     assert "stage1_output_decode.weight" in report.unexpected
     assert not any(k.startswith(("blocks", "patch_embed")) for k in report.unexpected)
 
 
-def test_official_encoder_only_checkpoint_bare_dict():
+def official_finetuned_state_dict(num_classes=10):
+    """An official-layout FINETUNED classifier (models_convvit.ConvViT, global pool): encoder, fc_norm, head and
+    a learned ``pos_embed`` (the sin-cos start plus what finetuning changed)."""
     sd = {k: v for k, v in official_state_dict(decoder=False).items()
           if not k.startswith(("stage1_output", "stage2_output", "norm."))}
+    g = torch.Generator().manual_seed(5)
+    sd["pos_embed"] = sd["pos_embed"] + 0.3 * torch.randn(sd["pos_embed"].shape, generator=g)
     sd["fc_norm.weight"], sd["fc_norm.bias"] = torch.ones(64), torch.zeros(64)
-    sd["head.weight"], sd["head.bias"] = torch.randn(10, 64), torch.randn(10)
-    model = create_model("convmae_tiny_cls", num_classes=10)
+    sd["head.weight"] = torch.randn(num_classes, 64, generator=g)
+    sd["head.bias"] = torch.randn(num_classes, generator=g)
+    return sd
+
+
+def test_official_finetuned_checkpoint_loads_with_its_learned_pos_embed():
+    sd = official_finetuned_state_dict()
+    model = create_model("convmae_tiny_cls", num_classes=10, pos_grid=(4, 6))
     report = load_pretrained(model, sd)
-    assert report.missing == [] and report.unexpected == [] and report.ignored == ["pos_embed"]
-    assert torch.equal(model.head.weight, sd["head.weight"])
+    assert report.missing == [] and report.unexpected == [] and report.ignored == [] and report.mismatched == []
+    assert torch.equal(model.head.weight, sd["head.weight"]) and torch.equal(model.pos_embed.data, sd["pos_embed"])
     x = torch.randn(2, 3, 64, 96)
     torch.testing.assert_close(model.eval()(x), official_classifier_forward(sd, x), rtol=1e-4, atol=1e-5)
+    # a model with a fixed table cannot take it: dropped, and the report says so
+    fixed = create_model("convmae_tiny_cls", num_classes=10, pos_embed="fixed")
+    report = load_pretrained(fixed, sd)
+    assert report.ignored == ["pos_embed"] and "ignored: pos_embed" in report.summary()
     # a different class count: the head is reported as mismatched, not loaded, the rest loads
-    other = create_model("convmae_tiny_cls", num_classes=5)
+    other = create_model("convmae_tiny_cls", num_classes=5, pos_grid=(4, 6))
     report = load_pretrained(other, sd)
     assert sorted(report.missing) == ["head.bias", "head.weight"] and len(report.mismatched) == 2
 
@@ -260,11 +275,12 @@ def test_build_model_applies_config_and_pretrained(tmp_path, capsys):
     src = create_model("convmae_tiny_pretrain")
     path = tmp_path / "ckpt.pth"
     torch.save({"model": src.state_dict()}, path)
-    cfg = ModelConfig(arch="convmae_tiny", mask_ratio=0.5, norm_pix_loss=False, multiscale_decoder=False,
+    cfg = ModelConfig(arch="convmae_tiny", mask_ratio=0.5, loss_target="pixel", multiscale_decoder=False,
                       pretrained=str(path), grad_checkpointing=True)
     model = build_model(cfg, "pretrain")
     assert "0 missing, 0 unexpected" in capsys.readouterr().out
-    assert model.mask_ratio == 0.5 and not model.norm_pix_loss and not model.fuse_stages and model.grad_checkpointing
+    assert model.mask_ratio == 0.5 and model.loss_target == "pixel" and not model.fuse_stages
+    assert model.grad_checkpointing
     assert torch.equal(model.patch_embed1.proj.weight, src.patch_embed1.proj.weight)
     cls = build_model(ModelConfig(arch="videoconvmae_tiny", tubelet=1, temporal_kernel=5, drop_path_rate=0.2),
                       "finetune", num_classes=4)

@@ -69,7 +69,7 @@ def test_3d_with_one_frame_equals_2d():
     torch.manual_seed(0)
     m2 = create_model("convmae_tiny_pretrain")
     m3 = create_model("videoconvmae_tiny_pretrain", tubelet=1, temporal_kernel=1, mask_type="random",
-                      mask_ratio=0.75)
+                      mask_ratio=0.75, loss_target="mae")
     report = load_pretrained(m3, m2.state_dict())  # the 2D -> 3D inflation path
     assert not report.missing and not report.unexpected and not report.mismatched
     assert any("dwconv" in k for k in report.converted)
@@ -80,10 +80,16 @@ def test_3d_with_one_frame_equals_2d():
     for key in ("latent", "pred", "loss"):
         torch.testing.assert_close(out3[key], out2[key], rtol=1e-5, atol=1e-5)
 
-    c2 = create_model("convmae_tiny_cls", num_classes=7).eval()
-    c3 = create_model("videoconvmae_tiny_cls", num_classes=7, tubelet=1, temporal_kernel=1).eval()
-    assert not load_pretrained(c3, c2.state_dict()).missing
-    torch.testing.assert_close(c3(x[:, :, None]), c2(x), rtol=1e-5, atol=1e-5)
+    for pos_embed in ("fixed", "learnable"):  # a learned 2D table inflates to 3D (+ a temporal term zero at t=0)
+        c2 = create_model("convmae_tiny_cls", num_classes=7, pos_embed=pos_embed, pos_grid=(4, 3)).eval()
+        with torch.no_grad():
+            for p in c2.parameters():
+                p.add_(0.01 * torch.randn(p.shape))  # e.g. a finetuned table, not the sin-cos start
+        c3 = create_model("videoconvmae_tiny_cls", num_classes=7, tubelet=1, temporal_kernel=1,
+                          pos_embed=pos_embed, pos_grid=(1, 4, 3)).eval()
+        report = load_pretrained(c3, c2.state_dict())
+        assert not report.missing and not report.mismatched
+        torch.testing.assert_close(c3(x[:, :, None]), c2(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,shape", [("convmae_tiny_pretrain", (4, 3, 32, 32)),

@@ -24,14 +24,30 @@ def test_random_mask_hides_the_same_count_per_sample_and_replays_with_a_generato
 def test_tube_mask_shares_the_spatial_mask_over_time():
     mask = tube_mask(3, (8, 14, 14), 0.9, torch.Generator().manual_seed(0)).reshape(3, 8, 196)
     assert (mask == mask[:, :1]).all()
-    assert (mask[:, 0].sum(1) == 196 - num_visible(196, 0.9)).all()
-    assert num_visible(196, 0.9) == 19  # int(196 * 0.1) as the official code
+    # VideoMAE's TubeMaskingGenerator: num_masks_per_frame = int(mask_ratio * H * W) = int(176.4) = 176
+    assert (mask[:, 0].sum(1) == 176).all() and (~mask).sum((1, 2)).tolist() == [8 * 20] * 3
     rand = make_mask("random", 3, (8, 14, 14), 0.9, torch.Generator().manual_seed(0)).reshape(3, 8, 196)
     assert not (rand == rand[:, :1]).all()  # space-time random: differs over time
     with pytest.raises(ValueError, match="tube"):
         make_mask("tube", 1, (14, 14), 0.9)
     with pytest.raises(ValueError, match="block\\|tube\\|random"):
         make_mask("grid", 1, (14, 14), 0.9)
+
+
+@pytest.mark.parametrize("length,ratio", [(196, 0.75), (196, 0.9), (100, 0.9), (16, 0.75), (49, 0.6)])
+def test_block_mask_keeps_convmae_len_keep(length, ratio):
+    """ConvMAE's random_masking: len_keep = int(L * (1 - mask_ratio)), no rounding help (100 at 0.9 keeps 9)."""
+    len_keep = int(length * (1 - ratio))
+    assert num_visible(length, ratio) == len_keep
+    assert ((~random_mask(3, length, ratio, torch.Generator().manual_seed(0))).sum(1) == len_keep).all()
+
+
+@pytest.mark.parametrize("hw,ratio", [(196, 0.9), (196, 0.75), (16, 0.75), (100, 0.9), (49, 0.6)])
+def test_tube_mask_masks_videomae_count_per_slice(hw, ratio):
+    """VideoMAE's TubeMaskingGenerator hides int(mask_ratio * H*W) cells of every slice."""
+    masked_per_slice = int(ratio * hw)
+    mask = tube_mask(2, (4, 1, hw), ratio, torch.Generator().manual_seed(0)).reshape(2, 4, hw)
+    assert (mask.sum(-1) == masked_per_slice).all()
 
 
 def test_upsampling_matches_the_official_repeat_permute():

@@ -58,3 +58,22 @@ def test_readme_command_is_valid(words, capsys, tmp_path, monkeypatch):
     elif words[0] == "eval":
         preset = next(w for w in words[1:] if "=" not in w and not Path(w).suffix)
         load_config(preset, [w for w in words if "=" in w], task="eval")
+
+
+def test_every_fidelity_row_names_tests_that_exist():
+    """FIDELITY.md: no row without a test, and every test it names exists (``file.py::name`` or ``::name`` for
+    the file named before it in the row)."""
+    import ast
+
+    rows = [line for line in (REPO_ROOT / "FIDELITY.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| Choice")]
+    assert len(rows) >= 25
+    for row in rows:
+        refs = [r for r in re.findall(r"`([^`]+)`", row.rsplit(" | ", 1)[-1]) if "::" in r]
+        assert refs, f"FIDELITY.md row without a test: {row[:60]}"
+        current = None
+        for ref in refs:
+            file, name = ref.split("::")
+            current = file or current
+            tree = ast.parse((REPO_ROOT / "tests" / current).read_text())
+            assert name in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, ref

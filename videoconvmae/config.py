@@ -30,6 +30,10 @@ from videoconvmae.launch.config import SlurmConfig
 from videoconvmae.models.config import ModelConfig
 
 TASKS = ("pretrain", "finetune", "linprobe", "eval")
+# keys that were replaced: a preset or override using one gets a line naming the new key
+REPLACED_KEYS = {
+    "model.norm_pix_loss": "model.loss_target (mae = the old norm_pix_loss: true, pixel = false; videomae)",
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_KEY = "_base_"
 
@@ -102,6 +106,8 @@ def _one_line(err: OmegaConfBaseException, source: str) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0].strip()
     msg = re.sub(r"\s+", " ", msg)
+    if "Key '" in msg and "not in" in msg and key in REPLACED_KEYS:
+        return f"{source}: '{key}' was replaced by {REPLACED_KEYS[key]}"
     if "Key '" in msg and "not in" in msg:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         schema = _section_fields(parent)
@@ -174,8 +180,31 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _upgrade_saved(data: dict) -> dict:
+    """A config saved before issue 16 (it has ``model.norm_pix_loss``; saved configs hold every key) in today's
+    keys, meaning what it meant then: norm_pix_loss true / false = loss_target mae / pixel, a fixed position
+    table, the transformer-style init, num_segments 0 = unset, ssv2 segment-sampled in every mode (so its
+    sampling_rate was never read) and never flipped."""
+    model = data.get("model")
+    if not (isinstance(model, dict) and "norm_pix_loss" in model):
+        return data
+    model = dict(model)
+    model.setdefault("loss_target", "mae" if model.pop("norm_pix_loss") else "pixel")
+    model.setdefault("pos_embed", "fixed")
+    model.setdefault("conv_init", "transformer")
+    old = dict(data.get("data") or {})
+    if old.get("num_segments") == 0:
+        old["num_segments"] = None
+    if old.get("dataset") == "ssv2":
+        old.setdefault("sampling", "segment")
+        old["sampling_rate"], old["flip"] = None, None
+    return {**data, "model": model, "data": old}
+
+
 def from_dict(data: dict) -> Config:
-    """Rebuild a Config from a saved dict (e.g. inside a checkpoint), with the same validation."""
+    """Rebuild a Config from a saved dict (e.g. inside a checkpoint), with the same validation; configs saved
+    before a key was replaced are upgraded (``_upgrade_saved``)."""
+    data = _upgrade_saved(data)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
     except OmegaConfBaseException as e:

@@ -18,8 +18,9 @@ class DataConfig:
     ssv2_video_ext: str = ".webm"  # SSV2 JSON: file extension of <id>
     decoder: str = "decord"  # decord | pyav | torchcodec
     num_frames: int = 16  # frames per clip (T)
-    sampling_rate: int = 4  # K400 dense sampling: stride between sampled frames
-    num_segments: int = 0  # SSV2 segment sampling: uniform segments, one frame each; 0 = num_frames
+    sampling: str | None = None  # dense | segment; None = dense for k400 and ssv2 pretraining, segment ssv2 else
+    sampling_rate: int | None = None  # dense: frames between samples; None = 4 k400 (16x4), 2 ssv2 (16x2)
+    num_segments: int | None = None  # segment: uniform segments, one frame each; None = num_frames
     input_size: int = 224  # crop size fed to the model
     short_side_size: int = 224  # eval: short side resized to this before the spatial crops
     batch_size: int = 8  # clips per process per optimizer micro-step
@@ -28,7 +29,7 @@ class DataConfig:
     pretrain_rrc_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # pretrain rrc area range (MAE)
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # finetune / linprobe crop area range
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # random resized crop aspect range
-    flip: bool = True  # random horizontal flip; never applied to ssv2 (its labels say left / right)
+    flip: bool | None = None  # train-time horizontal flip; None = off for video pretraining (VideoMAE) and ssv2
     randaug: str = "rand-m7-n4-mstd0.5-inc1"  # timm RandAugment spec for finetuning; '' = off
     reprob: float = 0.25  # random erasing probability (finetuning)
     mixup: float = 0.8  # mixup alpha (finetuning); 0 = off

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, get_worker_info
 from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
-from videoconvmae.data.sampling import dense_indices, segment_indices
+from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.transforms import ClipTransform
 from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 
@@ -73,8 +73,8 @@ class ClipDataset(Dataset):
         self.split, self.mode, self.annotation = split, mode, annotation
         self.train = split == "train"
         self.is_image = cfg.dataset == "imagefolder"
-        # SSV2 labels name directions ("from left to right"): a mirrored clip would carry the wrong label.
-        self.transform = ClipTransform(cfg, mode, self.train, allow_flip=cfg.dataset != "ssv2")
+        self.sampling = None if self.is_image else clip_sampling(cfg, mode)
+        self.transform = ClipTransform(cfg, mode, self.train)
         self.num_clips = max(1, cfg.repeated_aug) if self.train else 1
         self._require_one_readable()
 
@@ -90,10 +90,7 @@ class ClipDataset(Dataset):
         return len(self.records)
 
     def choose_indices(self, num_video_frames: int, rng: random.Random) -> np.ndarray:
-        cfg = self.cfg
-        if cfg.dataset == "ssv2":
-            return segment_indices(num_video_frames, cfg.num_segments or cfg.num_frames, self.train, rng)
-        return dense_indices(num_video_frames, cfg.num_frames, cfg.sampling_rate, self.train, rng)
+        return clip_indices(self.sampling, num_video_frames, self.train, rng)
 
     def start_load(self, record: VideoRecord) -> Callable[[], np.ndarray]:
         """Begin decoding ``record`` in the decode thread; ``wait()`` -> uint8 [T, H, W, 3] or UnreadableError."""
@@ -116,9 +113,8 @@ class ClipDataset(Dataset):
 
     def clip_shape(self) -> tuple[int, ...]:
         """Shape of one augmented clip: [3, T, S, S], or [3, S, S] for images."""
-        cfg = self.cfg
-        t = cfg.num_segments or cfg.num_frames if cfg.dataset == "ssv2" else cfg.num_frames
-        return (3, cfg.input_size, cfg.input_size) if self.is_image else (3, t, cfg.input_size, cfg.input_size)
+        size = self.cfg.input_size
+        return (3, size, size) if self.is_image else (3, self.sampling.num_frames, size, size)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items of a batch, augmented straight into the rows of one batch tensor (shared memory in a worker, so
@@ -182,8 +178,10 @@ def _new_tensor(shape: tuple[int, ...]) -> torch.Tensor:
 def _validate(cfg: DataConfig) -> None:
     checks = [
         (cfg.num_frames >= 1, "data.num_frames", "an integer >= 1", cfg.num_frames),
-        (cfg.sampling_rate >= 1, "data.sampling_rate", "an integer >= 1", cfg.sampling_rate),
-        (cfg.num_segments >= 0, "data.num_segments", "0 (= num_frames) or a positive integer", cfg.num_segments),
+        (cfg.sampling_rate is None or cfg.sampling_rate >= 1, "data.sampling_rate", "an integer >= 1",
+         cfg.sampling_rate),
+        (cfg.num_segments is None or cfg.num_segments >= 1, "data.num_segments", "an integer >= 1 (or null)",
+         cfg.num_segments),
         (cfg.input_size >= 1, "data.input_size", "a positive integer", cfg.input_size),
         (len(cfg.mean) == 3 and len(cfg.std) == 3 and min(cfg.std) > 0, "data.mean/std", "3 values each, std > 0",
          (cfg.mean, cfg.std)),

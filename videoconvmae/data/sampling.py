@@ -8,14 +8,61 @@
   equal segments and one frame is taken per segment, at a random offset in training and the segment centre at
   test. Segments are fractional, so a video with fewer frames than segments simply repeats frames in order.
 
+Which one a run uses (``clip_sampling``) follows VideoMAE: Kinetics always dense (16x4); Something-Something
+PRETRAINS dense 16x2 (datasets.py ``build_pretraining_dataset`` reads every dataset through kinetics.py's
+``VideoMAE`` loader with ``new_step = --sampling_rate``, 2 in scripts/ssv2/*/pretrain.sh) and finetunes /
+evaluates with segment sampling (ssv2.py ``SSVideoClsDataset``, ``num_segment = --num_frames``).
+``data.sampling`` overrides the choice; a sampling key the chosen kind does not read is an error.
+
 Indices are frame numbers (presentation order), never timestamps (see data/video.py).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
+
+from videoconvmae.config import ConfigError
+from videoconvmae.data.config import DataConfig
+
+SAMPLINGS = ("dense", "segment")
+DEFAULT_SAMPLING_RATE = {"k400": 4, "ssv2": 2}  # VideoMAE's K400 16x4 and SSV2 pretraining 16x2
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    kind: str  # dense | segment
+    num_frames: int  # frames per clip: num_frames (dense) or the segment count (segment)
+    sampling_rate: int  # dense: frames between samples (1 for segment sampling, where it is not read)
+
+
+def clip_sampling(cfg: DataConfig, mode: str) -> ClipSampling:
+    """The sampling a ``mode`` (pretrain | finetune | linprobe | eval) run uses on ``cfg.dataset``; one line
+    naming the key when a key is set that this sampling never reads."""
+    kind = cfg.sampling or ("segment" if cfg.dataset == "ssv2" and mode != "pretrain" else "dense")
+    if kind not in SAMPLINGS:
+        raise ConfigError(f"data.sampling: expected dense | segment, got {kind!r}")
+    why = f"data.sampling={cfg.sampling}" if cfg.sampling else f"{cfg.dataset} {mode} samples {kind}"
+    if kind == "segment":
+        if cfg.sampling_rate is not None:
+            raise ConfigError(f"data.sampling_rate={cfg.sampling_rate} is not read: {why} (segments, one frame each)"
+                              "; remove it, or set data.sampling=dense")
+        return ClipSampling("segment", cfg.num_segments or cfg.num_frames, 1)
+    if cfg.num_segments is not None:
+        raise ConfigError(f"data.num_segments={cfg.num_segments} is not read: {why} (num_frames x sampling_rate)"
+                          "; remove it, or set data.sampling=segment")
+    rate = cfg.sampling_rate if cfg.sampling_rate is not None else DEFAULT_SAMPLING_RATE.get(cfg.dataset, 4)
+    return ClipSampling("dense", cfg.num_frames, rate)
+
+
+def clip_indices(sampling: ClipSampling, num_video_frames: int, train: bool,
+                 rng: random.Random | None = None) -> np.ndarray:
+    """int64 [sampling.num_frames]: the frames of one training (random) or test (centred) clip."""
+    if sampling.kind == "segment":
+        return segment_indices(num_video_frames, sampling.num_frames, train, rng)
+    return dense_indices(num_video_frames, sampling.num_frames, sampling.sampling_rate, train, rng)
 
 
 def dense_indices(num_video_frames: int, num_frames: int, sampling_rate: int, train: bool,
@@ -46,3 +93,11 @@ def segment_indices(num_video_frames: int, num_segments: int, train: bool,
     else:
         offsets = np.full(num_segments, length / 2)
     return np.minimum(np.floor(starts + offsets).astype(np.int64), num_video_frames - 1)
+
+
+def model_input_shape(cfg: DataConfig, mode: str) -> tuple[int, ...]:
+    """The input a model of this run sees, in pixels: (S, S) for images, (T, S, S) for clips."""
+    size = cfg.input_size
+    if cfg.dataset == "imagefolder":
+        return (size, size)
+    return (clip_sampling(cfg, mode).num_frames, size, size)

@@ -5,7 +5,9 @@ An image is a clip with T = 1 (the dataset squeezes T away), so 2D and 3D share 
 Training pipelines (VideoMAE / MAE recipes):
 - pretrain: multi-scale crop (VideoMAE ``GroupMultiScaleCrop``: scales 1, .875, .75, .66 of the short side,
   aspect distortion <= 1 step, 13 fixed positions) or random resized crop (``pretrain_rrc_scale``), optional
-  flip, normalise;
+  flip, normalise. VideoMAE pretrains video with the multi-scale crop and NO flip (datasets.py
+  ``DataAugmentationForVideoMAE``: crop, stack, normalise); MAE / ConvMAE pretrain images with
+  RandomResizedCrop(0.2-1) and a flip (main_pretrain.py);
 - finetune: timm RandAugment on the full frames (replayed so every frame gets the SAME ops and magnitudes, as
   VideoMAE's list-aware RandAugment does), random resized crop, optional flip, normalise, timm RandomErasing
   with one box for the whole clip;
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from videoconvmae import compat  # noqa: F401  (before timm, imported lazily below)
+from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
@@ -92,6 +95,20 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -
     return x
 
 
+def flip_enabled(cfg: DataConfig, mode: str) -> bool:
+    """Whether training flips (``data.flip``; None = the upstream recipe's choice): never for ssv2, whose labels
+    name directions ("from left to right"; VideoMAE's ssv2.py does not flip); not in video pretraining (VideoMAE);
+    otherwise yes (MAE / ConvMAE image pretraining, VideoMAE / ConvMAE finetuning)."""
+    if cfg.dataset == "ssv2":
+        if cfg.flip:
+            raise ConfigError("data.flip=true: ssv2 labels name directions, a mirrored clip would carry the wrong "
+                              "label; remove it")
+        return False
+    if cfg.flip is not None:
+        return cfg.flip
+    return not (mode == "pretrain" and cfg.dataset != "imagefolder")
+
+
 def hflip_clip(x: torch.Tensor) -> torch.Tensor:
     """Mirror every frame left-right (the last dim is width)."""
     return x.flip(-1)
@@ -105,9 +122,14 @@ class ClipRandAugment:
     """
 
     def __init__(self, spec: str, input_size: int, mean: list[float]) -> None:
+        from PIL import Image
         from timm.data.auto_augment import rand_augment_transform
 
-        hparams = dict(translate_const=int(input_size * 0.45), img_mean=tuple(round(255 * m) for m in mean))
+        # bicubic geometric ops, as both upstreams pass their train interpolation (bicubic) to RandAugment:
+        # VideoMAE video_transforms.create_random_augment, MAE / ConvMAE timm create_transform; timm's own
+        # default would pick bilinear or bicubic at random per op
+        hparams = dict(translate_const=int(input_size * 0.45), img_mean=tuple(round(255 * m) for m in mean),
+                       interpolation=Image.BICUBIC)
         self.op = rand_augment_transform(spec, hparams)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -138,13 +160,13 @@ class ClipErasing:
 class ClipTransform:
     """uint8 [T, H, W, 3] -> float [3, T, S, S] for one mode; ``train`` picks the augmented pipeline."""
 
-    def __init__(self, cfg: DataConfig, mode: str, train: bool, allow_flip: bool = True) -> None:
+    def __init__(self, cfg: DataConfig, mode: str, train: bool) -> None:
         if mode not in ("pretrain", "finetune", "linprobe"):
             raise ValueError(f"mode: expected pretrain | finetune | linprobe, got {mode!r}")
         if mode == "pretrain" and cfg.pretrain_crop not in ("multiscale", "rrc"):
             raise ValueError(f"data.pretrain_crop: expected multiscale | rrc, got {cfg.pretrain_crop!r}")
         self.cfg, self.mode, self.train = cfg, mode, train
-        self.flip = train and cfg.flip and allow_flip
+        self.flip = train and flip_enabled(cfg, mode)
         self.randaug = ClipRandAugment(cfg.randaug, cfg.input_size, cfg.mean) if (
             train and mode == "finetune" and cfg.randaug) else None
         self.erasing = ClipErasing(cfg.reprob) if train and mode == "finetune" and cfg.reprob > 0 else None

@@ -12,6 +12,7 @@ class OptimConfig:
     lr: float | None = None  # absolute lr; overrides base_lr scaling when set
     min_lr: float = 0.0  # floor of the cosine schedule
     warmup_lr: float = 0.0  # lr at step 0; the warmup rises linearly from it
+    scale_lr_bounds: bool = False  # min_lr / warmup_lr are per 256 samples, scaled like base_lr (VideoMAE)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.9  # SGD / LARS momentum

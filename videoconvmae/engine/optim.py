@@ -1,6 +1,8 @@
 """Optimizer and per-iteration learning-rate schedule.
 
-Recipes (MAE / ConvMAE / VideoMAE): AdamW (0.9, 0.95) with lr = base_lr * effective_batch / 256; no weight
+Recipes (MAE / ConvMAE / VideoMAE): AdamW (0.9, 0.95) with lr = base_lr * effective_batch / 256 (MAE / ConvMAE
+keep ``min_lr`` / ``warmup_lr`` absolute; VideoMAE's run_mae_pretraining.py / run_class_finetuning.py scale them
+by effective_batch / 256 too: ``optim.scale_lr_bounds``); no weight
 decay on 1-D parameters (norms, biases), position embeddings and the model's ``no_weight_decay()`` names;
 layer-wise lr decay through timm's ``param_groups_layer_decay`` driven by the model's ``group_matcher``;
 LARS (timm) or SGD for linear probing. The schedule is timm's cosine with a linear warmup, stepped every
@@ -32,14 +34,18 @@ class LrPlan:
     steps_per_epoch: int  # optimizer steps per epoch
     total_steps: int  # optimizer steps of the whole schedule
     warmup_steps: int  # linear warmup length in optimizer steps
+    min_lr: float = 0.0  # floor of the cosine schedule actually used
+    warmup_lr: float = 0.0  # lr at step 0 actually used
 
 
 def plan_lr(cfg: OptimConfig, batch_size: int, world_size: int, steps_per_epoch: int) -> LrPlan:
     effective = batch_size * cfg.accum_steps * world_size
     lr = cfg.lr if cfg.lr is not None else cfg.base_lr * effective / 256
+    bound_scale = effective / 256 if cfg.scale_lr_bounds else 1.0
     total = max(1, steps_per_epoch * cfg.epochs)
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
-    return LrPlan(effective, lr, steps_per_epoch, total, max(0, warmup))
+    return LrPlan(effective, lr, steps_per_epoch, total, max(0, warmup), cfg.min_lr * bound_scale,
+                  cfg.warmup_lr * bound_scale)
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -81,13 +87,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, plan: LrPlan) -> CosineLRScheduler:
-    """Linear warmup from ``warmup_lr`` over ``warmup_steps``, then cosine to ``min_lr`` at ``total_steps``.
+    """Linear warmup from ``plan.warmup_lr`` over ``warmup_steps``, then cosine to ``plan.min_lr``.
 
     Group lr = schedule value * the group's ``lr_scale`` (layer decay); the lr at step t is set by
     ``scheduler.step_update(t)`` before optimizer step t.
     """
-    sched = CosineLRScheduler(optimizer, t_initial=plan.total_steps - plan.warmup_steps, lr_min=cfg.min_lr,
-                              warmup_t=plan.warmup_steps, warmup_lr_init=cfg.warmup_lr, warmup_prefix=True,
+    sched = CosineLRScheduler(optimizer, t_initial=plan.total_steps - plan.warmup_steps, lr_min=plan.min_lr,
+                              warmup_t=plan.warmup_steps, warmup_lr_init=plan.warmup_lr, warmup_prefix=True,
                               t_in_epochs=False)
     sched.step_update(0)
     return sched

@@ -102,10 +102,13 @@ def fold_linear_probe(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def build_task_model(cfg: Config, num_classes: int = 0) -> nn.Module:
     """The module a task trains (also what eval should build to load a finetune / linprobe checkpoint)."""
+    from videoconvmae.data.sampling import model_input_shape
     from videoconvmae.models import build_model
 
+    mode = "pretrain" if cfg.task == "pretrain" else "finetune"
     try:
-        model = build_model(cfg.model, "pretrain" if cfg.task == "pretrain" else "finetune", num_classes)
+        model = build_model(cfg.model, mode, num_classes, input_shape=model_input_shape(cfg.data, cfg.task),
+                            input_norm=(cfg.data.mean, cfg.data.std))
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     if cfg.task == "linprobe":

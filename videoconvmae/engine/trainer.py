@@ -347,8 +347,9 @@ class Trainer:
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.event("start", task=self.cfg.task, step=self.step, effective_batch=self.plan.effective_batch,
                   lr=self.plan.lr, steps_per_epoch=self.plan.steps_per_epoch, total_steps=self.total_steps,
-                  warmup_steps=self.plan.warmup_steps, world_size=self.dist.world_size, params=n_params,
-                  trainable_params=n_train, resumed_from=self.resumed_from or "", code_version=code_version())
+                  warmup_steps=self.plan.warmup_steps, min_lr=self.plan.min_lr, world_size=self.dist.world_size,
+                  params=n_params, trainable_params=n_train, resumed_from=self.resumed_from or "",
+                  code_version=code_version())
         status, metrics, last_ckpt = "completed", {}, None
         window_t, window_clips, window_steps = time.perf_counter(), 0, 0
         self._train_mode()

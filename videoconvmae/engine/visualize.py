@@ -1,9 +1,9 @@
 """``videoconvmae visualize CHECKPOINT INPUT --out FILE``: original / masked / reconstruction side by side.
 
 Panels, left to right: the input, the visible part (masked cells grey), the model's prediction for every cell,
-and the prediction pasted into the masked cells only. With ``norm_pix_loss`` the model predicts per-patch
-normalised pixels, so each predicted patch is mapped back with the mean / std of the true patch (as MAE's demo
-does): the picture shows structure, not the absolute colour the model never had to predict.
+and the prediction pasted into the masked cells only. With a normalised loss target (``model.loss_target`` mae /
+videomae) each predicted patch is mapped back with the statistics of the true patch (``pred_to_input``, as
+MAE's demo does): the picture shows structure, not the absolute colour the model never had to predict.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.data import sampling
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -53,14 +54,12 @@ def _resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def clip_indices(num_frames_in_video: int, cfg: Config) -> list[int]:
-    """The clip a video model sees: SSV2 one frame per uniform segment; otherwise dense frames at
-    ``sampling_rate`` around the video's centre."""
-    t, n = cfg.data.num_frames, num_frames_in_video
-    if cfg.data.dataset == "ssv2":
-        return [min(n - 1, int((i + 0.5) * n / t)) for i in range(t)]
-    span = (t - 1) * cfg.data.sampling_rate + 1
-    start = max(0, (n - span) // 2)
-    return [min(n - 1, start + i * cfg.data.sampling_rate) for i in range(t)]
+    """The clip the pretrain run would see, at its test-time (centred) position (data/sampling.py)."""
+    return sampling.clip_indices(pretrain_sampling(cfg), num_frames_in_video, train=False).tolist()
+
+
+def pretrain_sampling(cfg: Config) -> sampling.ClipSampling:
+    return sampling.clip_sampling(cfg.data, "pretrain")
 
 
 def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor, float]:
@@ -75,7 +74,7 @@ def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor
             arr = np.asarray(im.convert("RGB"))[None]  # [1, H, W, 3]
         fps = 1.0
         if video:  # a still image as a static clip
-            arr = np.repeat(arr, cfg.data.num_frames, axis=0)
+            arr = np.repeat(arr, pretrain_sampling(cfg).num_frames, axis=0)
     else:
         if not video:
             raise ConfigError(f"{path}: an image model needs an image input ({', '.join(IMAGE_SUFFIXES)})")
@@ -84,7 +83,7 @@ def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor
         reader = open_video(str(path), cfg.data.decoder)
         try:
             arr = reader.get_frames(clip_indices(reader.num_frames, cfg))
-            fps = float(reader.fps or 25.0) / (1 if cfg.data.dataset == "ssv2" else cfg.data.sampling_rate)
+            fps = float(reader.fps or 25.0) / pretrain_sampling(cfg).sampling_rate
         finally:
             reader.close()
     frames = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float() / 255.0
@@ -100,11 +99,7 @@ def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor
 def reconstruct(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
     """original, masked (visible cells), prediction, prediction pasted into masked cells; all like ``x``."""
     out = model(x, generator=torch.Generator(device=x.device).manual_seed(seed))
-    pred, mask = out["pred"].float(), out["mask"]
-    if getattr(model, "norm_pix_loss", False):
-        target = model.patchify(x)
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
+    pred, mask = model.pred_to_input(out["pred"], x), out["mask"]
     recon = model.unpatchify(pred, x.shape)
     hidden = model.unpatchify(mask[..., None].float().expand(-1, -1, pred.shape[-1]), x.shape)  # 1 = masked
     return {"original": x, "masked": x * (1 - hidden), "reconstruction": recon,

@@ -32,6 +32,7 @@ class ViewSpec:
     """How to place the views; filled from ``data.*`` and ``eval.*`` (see ``multiview.view_spec``)."""
 
     dataset: str  # k400 | ssv2 | imagefolder
+    sampling: str  # dense | segment (data.sampling as resolved for eval, data/sampling.py)
     clip_len: int  # data.num_frames
     sampling_rate: int  # data.sampling_rate (k400)
     num_segments: int  # data.num_segments (ssv2)
@@ -56,7 +57,7 @@ def decode_video_views(path: str, spec: ViewSpec) -> tuple[torch.Tensor, ViewPla
     chosen: dict[str, np.ndarray] = {}
 
     def choose(num_frames: int, fps: float) -> list[int]:
-        chosen["views"] = temporal_views(spec.dataset, num_frames, clip_len=spec.clip_len,
+        chosen["views"] = temporal_views(spec.sampling, num_frames, clip_len=spec.clip_len,
                                          sampling_rate=spec.sampling_rate, num_segments=spec.num_segments,
                                          num_views=spec.num_temporal)
         chosen["union"] = np.unique(chosen["views"])

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.data.sampling import clip_sampling, model_input_shape
 from videoconvmae.eval.checkpoint import load_eval_checkpoint
 from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.eval.metrics import aggregate
@@ -51,8 +52,12 @@ def num_views(cfg: Config) -> tuple[int, int]:
 def view_spec(cfg: Config) -> ViewSpec:
     d = cfg.data
     t, s = num_views(cfg)
-    return ViewSpec(dataset=d.dataset, clip_len=d.num_frames, sampling_rate=d.sampling_rate,
-                    num_segments=d.num_segments or d.num_frames, short_side=d.short_side_size, crop=d.input_size,
+    sampling = clip_sampling(d, "eval") if d.dataset != "imagefolder" else None
+    return ViewSpec(dataset=d.dataset, sampling=sampling.kind if sampling else "dense",
+                    clip_len=sampling.num_frames if sampling else 1,
+                    sampling_rate=sampling.sampling_rate if sampling else 1,
+                    num_segments=sampling.num_frames if sampling else 1, short_side=d.short_side_size,
+                    crop=d.input_size,
                     num_temporal=t, num_spatial=s, mean=tuple(d.mean), std=tuple(d.std), decoder=d.decoder,
                     decode_timeout_s=d.decode_timeout_s,
                     image_interpolation=cfg.eval.image_interpolation)
@@ -97,11 +102,12 @@ def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_eval_model(model_cfg: ModelConfig, state: dict, num_classes: int, checkpoint: str) -> torch.nn.Module:
+def build_eval_model(model_cfg: ModelConfig, state: dict, num_classes: int, checkpoint: str,
+                     input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
     from videoconvmae.models import build_model
 
     try:
-        model = build_model(model_cfg, "finetune", num_classes)
+        model = build_model(model_cfg, "finetune", num_classes, input_shape=input_shape)
     except ValueError as e:  # unknown arch or override in the checkpoint's saved model section
         raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
     try:
@@ -190,7 +196,8 @@ def run_eval(cfg: Config) -> dict:
     try:
         job_part = shard_indices(len(records), shard_i, shard_n, cfg.eval.shard_mode)
         mine = rank_part(job_part, info.rank, info.world_size, cfg.eval.shard_mode)
-        model = build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint).to(info.device)
+        model = build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint,
+                                 model_input_shape(cfg.data, "eval")).to(info.device)
         if cfg.train.compile:
             model = torch.compile(model)
         loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,

@@ -112,10 +112,11 @@ class ViewPlan:
         return np.unique(self.frame_indices)
 
 
-def temporal_views(dataset: str, num_video_frames: int, *, clip_len: int, sampling_rate: int, num_segments: int,
+def temporal_views(sampling: str, num_video_frames: int, *, clip_len: int, sampling_rate: int, num_segments: int,
                    num_views: int) -> np.ndarray:
-    """Frame indices ``[T, frames per clip]`` of the temporal views (``dataset`` k400 | ssv2)."""
-    if dataset == "ssv2":
+    """Frame indices ``[T, frames per clip]`` of the temporal views (``sampling`` dense: K400's views, segment:
+    SSV2's)."""
+    if sampling == "segment":
         return ssv2_temporal_views(num_video_frames, num_segments, num_views)
     return k400_temporal_views(num_video_frames, clip_len, sampling_rate, num_views)
 

@@ -7,20 +7,29 @@ bare; ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped
 Official ConvMAE layout -> ours:
 - ``blocks{1,2}.i.attn`` (their depthwise conv, named attn) -> ``blocks{1,2}.i.dwconv``;
 - the 1x1 convs ``conv1``, ``conv2``, ``mlp.fc1``, ``mlp.fc2`` are ``[C_out, C_in, 1, 1]``: reshaped to Linear;
-- ``pos_embed`` / ``decoder_pos_embed`` (a fixed 224-px sin-cos table) are ignored: ours is computed per grid.
+- ``pos_embed``: loaded into a classifier with a learnable table (``model.pos_embed=learnable``; ConvMAE's
+  finetuned checkpoints carry their learned table), resampled as timm's ``resample_abs_pos_embed`` when the grids
+  differ (``layers.resample_pos_embed``; the checkpoint's grid is square, or the model's); a 2D table loaded into
+  a 3D model is repeated over time plus the fixed temporal term (``layers.temporal_sincos``), which turns the 2D
+  sin-cos table into exactly our 3D one. Into a model with a fixed table, and ``decoder_pos_embed`` always (the
+  fixed tables ours computes per grid), they are IGNORED and listed in ``LoadReport.ignored`` / ``summary()``.
 
 2D -> 3D inflation (I3D style) where the target conv has one more (temporal) axis:
 - patch embeds and fusion convs (kernel = stride): the 2D kernel is repeated over the kT frames and divided by kT,
   so a static clip gives exactly the image response (every frame of a tubelet carries signal, so none is dropped);
 - depthwise convs: centre initialisation (the 2D kernel on the centre tap, zeros elsewhere). Spreading would also
   reproduce the image on a static clip, but only away from the clip ends: the zero temporal padding would scale
-  the first / last frames by (kT-1)/kT. Centre init makes the inflated model the image model applied frame by
-  frame, exactly, at every frame; temporal mixing is then learned. The position embedding needs no inflation:
-  the space-time sin-cos embedding equals the 2D one at t = 0 and is computed for any T.
+  the first / last frames by (kT-1)/kT.
+What this makes true: on a static clip, STAGES 1-2 of the inflated model give exactly the image model's features
+at every frame (each frame is convolved as the image; temporal mixing is then learned). Stage 3 is not the image
+model applied frame by frame: its tokens carry the space-time position embedding, whose temporal term is zero
+only at t = 0, and attention mixes all temporal slices; the two agree at stage 3 only for a clip of one tubelet
+(T = tubelet), where the 3D embedding equals the 2D one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +38,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-COMPUTED_KEYS = ("pos_embed", "decoder_pos_embed")  # fixed sin-cos tables: computed from the grid here
+from videoconvmae.models.layers import resample_pos_embed, temporal_sincos
+
+POS_KEYS = ("pos_embed", "decoder_pos_embed")  # loaded only into a learnable table; else ignored (fixed tables)
 WRAPPER_KEYS = ("model", "state_dict", "module")
 PREFIXES = ("module.", "_orig_mod.")
 OFFICIAL_DWCONV = re.compile(r"^(blocks[12]\.\d+\.)attn\.")
@@ -41,13 +52,14 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
     mismatched: list[str] = field(default_factory=list)  # in both but with incompatible shapes: not loaded
     converted: list[str] = field(default_factory=list)  # renamed / reshaped / inflated on the way in
-    ignored: list[str] = field(default_factory=list)  # deliberately dropped (fixed pos-embed tables)
+    ignored: list[str] = field(default_factory=list)  # deliberately dropped (pos tables the model computes)
 
     def summary(self) -> str:
-        """One line: ``N missing, M unexpected, K converted; missing: a, b; ...``."""
-        counts = f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.converted)} converted"
+        """One line: ``N missing, M unexpected, K converted, J ignored; missing: a, b; ...; ignored: ...``."""
+        counts = (f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.converted)} converted, "
+                  f"{len(self.ignored)} ignored")
         details = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                   for name in ("missing", "unexpected", "mismatched") if (keys := getattr(self, name))]
+                   for name in ("missing", "unexpected", "mismatched", "ignored") if (keys := getattr(self, name))]
         return "; ".join([counts, *details])
 
 
@@ -96,14 +108,49 @@ def _inflate(name: str, src: torch.Tensor, target_shape: torch.Size) -> torch.Te
     return src.unsqueeze(2).repeat(1, 1, k_t, 1, 1) / k_t
 
 
+def _checkpoint_grid(length: int, model_grid: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The grid a checkpoint's table of ``length`` positions was made for: the model's own, else square in space
+    (with the model's T for video, or a 2D square table for a 3D model), else None."""
+    if length == math.prod(model_grid):
+        return model_grid
+    t = model_grid[0] if len(model_grid) == 3 else 1
+    for frames, grid_of in ((t, lambda s: (*model_grid[:-2], s, s)), (1, lambda s: (s, s))):
+        side = math.isqrt(length // frames) if length % frames == 0 else 0
+        if side * side * frames == length:
+            return grid_of(side)
+    return None
+
+
+def _load_pos_table(name: str, value: torch.Tensor, model: nn.Module, report: LoadReport) -> torch.Tensor | None:
+    """A checkpoint's position table fitted to the model's learnable ``pos_embed``, or None (reported)."""
+    target = model.pos_embed
+    model_grid = tuple(model.pos_grid)
+    grid = _checkpoint_grid(value.shape[1], model_grid) if value.ndim == 3 else None
+    if grid is None or value.shape[-1] != target.shape[-1]:
+        report.mismatched.append(f"{name} {list(value.shape)} -> {list(target.shape)}")
+        return None
+    if grid == model_grid:
+        return value
+    if len(grid) == 2 and len(model_grid) == 3:  # an image table into a video model
+        temporal = temporal_sincos(value.shape[-1], model_grid[0]).to(value.dtype)
+        value = (value[:, None] + temporal[None, :, None]).reshape(1, -1, value.shape[-1])
+        grid = (model_grid[0], *grid)
+    report.converted.append(name)
+    return resample_pos_embed(value, grid, model_grid)
+
+
 def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
                        report: LoadReport) -> dict[str, torch.Tensor]:
     """Map official / 2D weights onto ``model``'s keys and shapes; shape conflicts go to ``report.mismatched``."""
     targets = model.state_dict()
     out = {}
     for name, value in state.items():
-        if name in COMPUTED_KEYS:
-            report.ignored.append(name)
+        if name in POS_KEYS:
+            if name == "pos_embed" and isinstance(getattr(model, "pos_embed", None), nn.Parameter):
+                if (table := _load_pos_table(name, value, model, report)) is not None:
+                    out[name] = table
+            else:
+                report.ignored.append(name)
             continue
         new_name = OFFICIAL_DWCONV.sub(r"\1dwconv.", name)
         target = targets.get(new_name)

@@ -7,7 +7,19 @@ size divisible by 16 (and T by the tubelet) works; position embeddings are compu
 State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE): ``patch_embed1..3`` (conv embeds),
 ``patch_embed4`` (Linear), ``blocks1``, ``blocks2`` (conv blocks), ``blocks3`` (transformer), ``norm``,
 ``stage1_output_decode``, ``stage2_output_decode``, ``decoder_*``, ``mask_token``; classifier ``fc_norm``, ``head``.
-Position embeddings are not in the state dict: they are fixed sin-cos, computed from the grid.
+
+Position embeddings: pretraining adds the fixed sin-cos table computed from the input's grid (ConvMAE and
+VideoMAE pretrain with fixed tables), so it is not in the state dict. A classifier with ``pos_embed="learnable"``
+(ConvMAE finetuning learns its table) holds a ``pos_embed`` parameter [1, L, C3] for ``pos_grid``, initialised
+from the same sin-cos table (what ConvMAE's finetuning starts from: it loads the pretrain checkpoint's fixed
+table), and resampled to the input's grid when they differ (``layers.resample_pos_embed``).
+
+Initialisation (``conv_init``): ``official`` as Alpha-VL/ConvMAE, whose stage-1/2 layers are all ``nn.Conv2d``
+and so keep PyTorch's default init (its ``_init_weights`` touches only ``nn.Linear`` / ``nn.LayerNorm``): our
+Linear 1x1 convs of stages 1-2 keep PyTorch's Linear default (the same distribution as a 1x1 Conv2d's), only
+``patch_embed3`` is xavier-initialised as a Linear (pretraining, ``initialize_weights``), and the classifier's
+conv embeds keep the default too (ConvViT). ``transformer`` initialises every Linear of every stage like the
+transformer's (xavier / trunc-normal) and all three conv embeds xavier as Linear.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from videoconvmae.models.layers import (
     PatchEmbed,
     channels_first,
     conv_nd,
+    resample_pos_embed,
     sincos_pos_embed,
     trunc_normal_,
 )
@@ -44,8 +57,18 @@ class EncoderOutput:
     sparse: bool = False  # whether stage1 / stage2 are in the visible-cell layout
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOSS_TARGETS = ("videomae", "mae", "pixel")
+
+
+def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:
+    """The grid of a 224-px input (16 frames for video), the size upstream tables are made for."""
+    return (14, 14) if spatial_dims == 2 else (16 // tubelet, 14, 14)
+
+
 class ConvMAEEncoder(nn.Module):
-    """Stages 1-2: conv embeds + masked conv blocks; stage 3: embed -> Linear -> + sin-cos pos -> transformer.
+    """Stages 1-2: conv embeds + masked conv blocks; stage 3: embed -> Linear -> + pos embed -> transformer.
 
     ``stage_decodes`` adds the multi-scale fusion convs (stride-4 conv C1->C3 on stage 1, stride-2 conv C2->C3 on
     stage 2, Eq. 1); ``fuse_stages`` adds their output to the stage-3 tokens before ``norm`` (off = the paper's
@@ -56,7 +79,8 @@ class ConvMAEEncoder(nn.Module):
     def __init__(self, dims: Sequence[int] = (256, 384, 768), depths: Sequence[int] = (2, 2, 11),
                  mlp_ratios: Sequence[float] = (4, 4, 4), num_heads: int = 12, spatial_dims: int = 2,
                  in_chans: int = 3, tubelet: int = 2, temporal_kernel: int = 3, drop_path_rate: float = 0.0,
-                 stage_decodes: bool = True, fuse_stages: bool = True, final_norm: bool = True):
+                 stage_decodes: bool = True, fuse_stages: bool = True, final_norm: bool = True,
+                 pos_embed: str = "fixed", pos_grid: Sequence[int] | None = None, conv_init: str = "official"):
         super().__init__()
         conv_nd(spatial_dims)  # validates spatial_dims
         c1, c2, c3 = dims
@@ -87,6 +111,16 @@ class ConvMAEEncoder(nn.Module):
         self.norm = nn.LayerNorm(c3, eps=TRANSFORMER_NORM_EPS) if final_norm else nn.Identity()
         self.grad_checkpointing = False
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        if pos_embed not in ("fixed", "learnable"):
+            raise ValueError(f"pos_embed: expected fixed | learnable, got {pos_embed!r}")
+        if conv_init not in ("official", "transformer"):
+            raise ValueError(f"conv_init: expected official | transformer, got {conv_init!r}")
+        self.conv_init = conv_init
+        self.pos_grid = tuple(pos_grid or default_pos_grid(spatial_dims, self.tubelet))
+        if len(self.pos_grid) != spatial_dims:
+            raise ValueError(f"pos_grid: expected {spatial_dims} sizes, got {list(self.pos_grid)}")
+        self.pos_embed = nn.Parameter(sincos_pos_embed(c3, self.pos_grid)[None]) if pos_embed == "learnable" \
+            else None
 
     # -- geometry ---------------------------------------------------------------------------------------------
     @property
@@ -107,12 +141,21 @@ class ConvMAEEncoder(nn.Module):
             raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(self.patch_size)}")
         return tuple(s // p for s, p in zip(sizes, self.patch_size))
 
-    def pos_embed(self, grid: Sequence[int], dim: int, like: torch.Tensor) -> torch.Tensor:
+    def fixed_pos_embed(self, grid: Sequence[int], dim: int, like: torch.Tensor) -> torch.Tensor:
         """[1, L, dim] fixed sin-cos embedding for ``grid``, cached per (grid, dim, device, dtype)."""
         key = (tuple(grid), dim, like.device, like.dtype)
         if key not in self._pos_cache:
             self._pos_cache[key] = sincos_pos_embed(dim, grid).to(device=like.device, dtype=like.dtype)[None]
         return self._pos_cache[key]
+
+    def encoder_pos_embed(self, grid: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """[1, L, C3] added to the stage-3 tokens: the learned table (resampled when ``grid`` differs from
+        ``pos_grid``) or the fixed sin-cos one."""
+        if self.pos_embed is None:
+            return self.fixed_pos_embed(grid, self.dims[-1], like)
+        table = self.pos_embed if tuple(grid) == self.pos_grid else \
+            resample_pos_embed(self.pos_embed, self.pos_grid, grid)
+        return table.to(like.dtype)
 
     # -- encoder ----------------------------------------------------------------------------------------------
     def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
@@ -159,7 +202,7 @@ class ConvMAEEncoder(nn.Module):
         stage2 = x
         x = self.patch_embed3(channels_first(x)).flatten(1, -2)  # [N, L, C3]
         x = self.patch_embed4(x)
-        x = x + self.pos_embed(grid, x.shape[-1], x)
+        x = x + self.encoder_pos_embed(grid, x)
         if visible_idx is not None:
             x = gather_tokens(x, visible_idx)
         return x, stage1, stage2
@@ -178,10 +221,11 @@ class ConvMAEEncoder(nn.Module):
         self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        return set()
+        return {"pos_embed"} if self.pos_embed is not None else set()
 
     def init_weights(self, linear_init: str = "xavier") -> None:
-        """MAE pretrain init (xavier-uniform Linear, conv embeds as Linear) or ViT finetune init (trunc normal)."""
+        """MAE pretrain init (xavier-uniform Linear) or ViT finetune init (trunc normal); which layers it touches
+        follows ``conv_init`` (module docstring)."""
 
         def init(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
@@ -195,8 +239,15 @@ class ConvMAEEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-        self.apply(init)
-        for embed in (self.patch_embed1, self.patch_embed2, self.patch_embed3):
+        if self.conv_init == "transformer":
+            self.apply(init)
+            embeds = (self.patch_embed1, self.patch_embed2, self.patch_embed3)
+        else:
+            conv_stages = [self.patch_embed1, self.patch_embed2, *self.blocks1, *self.blocks2]
+            untouched = {id(m) for stage in conv_stages for m in stage.modules()}
+            self.apply(lambda m: None if id(m) in untouched else init(m))
+            embeds = (self.patch_embed3,) if linear_init == "xavier" else ()
+        for embed in embeds:
             w = embed.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
@@ -211,11 +262,21 @@ class ConvMAEPretrain(ConvMAEEncoder):
 
     ``model(x, mask=None, generator=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool True = masked,
     "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
+
+    ``loss_target`` (what ``pred`` regresses; every layout is ``patchify``'s, channel innermost, so
+    ``unpatchify`` and ``pred_to_input`` render any of them):
+    - ``mae``: MAE / ConvMAE ``norm_pix_loss`` (models_convmae.py ``forward_loss``): the model input's patch
+      normalised over ALL its values, ``(t - mean) / sqrt(var + 1e-6)`` (unbiased var);
+    - ``videomae``: VideoMAE (engine_for_pretraining.py ``train_one_epoch``): the input un-normalised to [0, 1]
+      with ``input_mean`` / ``input_std``, each patch normalised PER CHANNEL over its tubelet*16*16 values,
+      ``(t - mean) / (std + 1e-6)`` (unbiased std), flattened ``(p c)``;
+    - ``pixel``: the model input's patch as it is (MAE with ``norm_pix_loss=False``).
     """
 
     def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
                  decoder_mlp_ratio: float = 4.0, mask_type: str | None = None, mask_ratio: float | None = None,
-                 norm_pix_loss: bool = True, multiscale_decoder: bool = True, sparse_stages: bool = True,
+                 loss_target: str | None = None, multiscale_decoder: bool = True, sparse_stages: bool = True,
+                 input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
                  **encoder_kwargs):
         super().__init__(stage_decodes=True, fuse_stages=multiscale_decoder, final_norm=True, **encoder_kwargs)
         self.sparse_stages = sparse_stages  # exact: same numerics as the dense reference, less work
@@ -223,7 +284,14 @@ class ConvMAEPretrain(ConvMAEEncoder):
         self.mask_type = mask_type or ("tube" if video else "block")
         self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
         make_mask(self.mask_type, 1, (1, 1, 1) if video else (1, 1), self.mask_ratio)  # validates both early
-        self.norm_pix_loss = norm_pix_loss
+        self.loss_target = loss_target or ("videomae" if video else "mae")
+        if self.loss_target not in LOSS_TARGETS:
+            raise ValueError(f"loss_target: expected {'|'.join(LOSS_TARGETS)}, got {self.loss_target!r}")
+        if len(input_mean) != self.in_chans or len(input_std) != self.in_chans:
+            raise ValueError(f"input_mean / input_std: expected {self.in_chans} values each")
+        # the normalisation the data applied, undone by the videomae target; not weights, so not in the state dict
+        self.register_buffer("input_mean", torch.tensor(input_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("input_std", torch.tensor(input_std, dtype=torch.float32), persistent=False)
         c3 = self.dims[-1]
         self.decoder_embed = nn.Linear(c3, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -276,19 +344,55 @@ class ConvMAEPretrain(ConvMAEEncoder):
         n, length, dim = mask.shape[0], mask.shape[1], x.shape[-1]
         full = x.new_zeros(n, length, dim).scatter(1, visible_idx[..., None].expand(-1, -1, dim), x)
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), full)
-        x = x + self.pos_embed(grid, dim, x)
+        x = x + self.fixed_pos_embed(grid, dim, x)
         for blk in self.decoder_blocks:
             x = self._run(blk, x)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over the masked patches only; target normalised per patch if ``norm_pix_loss``."""
+    def _unnormalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The input mapped back to [0, 1] pixels: x * std + mean per channel."""
+        shape = (1, self.in_chans) + (1,) * self.spatial_dims
+        return x.float() * self.input_std.view(shape) + self.input_mean.view(shape)
+
+    def _channel_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, ...] -> [N, L, P, C]: ``patchify`` with the channel split off (it is the innermost axis)."""
+        patches = self.patchify(x)
+        return patches.reshape(*patches.shape[:2], -1, self.in_chans)
+
+    def loss_target_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, L, patch_dim] float32: what ``pred`` regresses for ``loss_target`` (class docstring)."""
         target = self.patchify(x).float()  # the loss is computed in float32 even under bf16 / fp16 autocast
-        pred = pred.float()
-        if self.norm_pix_loss:
+        if self.loss_target == "mae":
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6) ** 0.5
+        elif self.loss_target == "videomae":
+            patches = self._channel_patches(self._unnormalised(x))
+            mean = patches.mean(dim=-2, keepdim=True)
+            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+            target = ((patches - mean) / (std + 1e-6)).flatten(2)
+        return target
+
+    @torch.no_grad()
+    def pred_to_input(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A prediction [N, L, patch_dim] mapped into the input's (normalised) space, for ``unpatchify``: the
+        normalised targets are undone with the statistics of the TRUE patch (as MAE's demo), so a picture shows
+        the predicted structure, not an absolute colour the model never had to predict."""
+        pred = pred.float()
+        if self.loss_target == "mae":
+            target = self.patchify(x).float()
+            return pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+        if self.loss_target == "videomae":
+            patches = self._channel_patches(self._unnormalised(x))
+            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+            pixels = pred.reshape(patches.shape) * (std + 1e-6) + patches.mean(dim=-2, keepdim=True)
+            return ((pixels - self.input_mean) / self.input_std).flatten(2)
+        return pred
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the masked patches only, against ``loss_target_patches(x)``."""
+        target = self.loss_target_patches(x)
+        pred = pred.float()
         per_patch = ((pred - target) ** 2).mean(dim=-1)  # [N, L]
         weight = mask.to(per_patch.dtype)
         return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
@@ -305,9 +409,14 @@ class ConvMAEPretrain(ConvMAEEncoder):
 
 
 class ConvMAEClassifier(ConvMAEEncoder):
-    """Finetuning / linear-probe model: the encoder on all tokens -> mean pool -> ``fc_norm`` -> ``head``."""
+    """Finetuning / linear-probe model: the encoder on all tokens -> mean pool -> ``fc_norm`` -> ``head``.
+
+    ``pos_embed`` defaults to ``learnable`` for images and ``fixed`` for video (see ``__init__``)."""
 
     def __init__(self, *, num_classes: int = 1000, head_init_std: float = 2e-5, **encoder_kwargs):
+        # ConvMAE finetunes images with a learned table (vision_transformer.py ConvViT); VideoMAE finetunes video
+        # with a fixed one (modeling_finetune.py, use_learnable_pos_emb=False)
+        encoder_kwargs.setdefault("pos_embed", "learnable" if encoder_kwargs.get("spatial_dims", 2) == 2 else "fixed")
         super().__init__(stage_decodes=False, final_norm=False, **encoder_kwargs)
         self.num_classes, self.head_init_std = num_classes, head_init_std
         self.num_features = self.dims[-1]
@@ -338,8 +447,9 @@ class ConvMAEClassifier(ConvMAEEncoder):
             nn.init.zeros_(self.head.bias)
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm layer-decay groups, as the official ``get_layer_id_for_vit``: embeds and stages 1-2 are layer 0,
+        """timm layer-decay groups, as the official ``get_layer_id_for_vit``: embeds, ``pos_embed`` and stages 1-2
+        are layer 0,
         ``blocks3.i`` is layer i+1, ``fc_norm`` / ``head`` the last layer. (They are left unmatched on purpose:
         timm puts unmatched names in one final group, whereas its (99999,) suffix would merge them into the
         last block.)"""
-        return dict(stem=r"^patch_embed|^blocks[12]\.", blocks=[(r"^blocks3\.(\d+)", None)])
+        return dict(stem=r"^pos_embed$|^patch_embed|^blocks[12]\.", blocks=[(r"^blocks3\.(\d+)", None)])

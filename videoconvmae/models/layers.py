@@ -189,5 +189,33 @@ def sincos_pos_embed(dim: int, grid: Sequence[int]) -> torch.Tensor:
     return emb.float()
 
 
+def resample_pos_embed(table: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
+    """A position table [1, prod(old_grid), C] resampled to [1, prod(new_grid), C] ((h, w) or (t, h, w) grids).
+
+    Space: timm's ``resample_abs_pos_embed`` (bicubic, antialiased when shrinking); a video table is resampled
+    per temporal slice in one call (the T slices ride along as channels), as VideoMAE's ``run_class_finetuning``
+    interpolates each slice. Time, when T differs (our choice: upstream never changes T): linear interpolation.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    if len(old_grid) != len(new_grid) or table.shape[1] != math.prod(old_grid):
+        raise ValueError(f"pos_embed: a table of {table.shape[1]} positions does not fit grid {list(old_grid)} "
+                         f"-> {list(new_grid)}")
+    if old_grid == new_grid:
+        return table
+    dim = table.shape[-1]
+    if len(old_grid) == 2:
+        return resample_abs_pos_embed(table, list(new_grid), list(old_grid), num_prefix_tokens=0)
+    (t0, h0, w0), (t1, h1, w1) = old_grid, new_grid
+    x = table.reshape(t0, h0 * w0, dim).permute(1, 0, 2).reshape(1, h0 * w0, t0 * dim)
+    if (h0, w0) != (h1, w1):
+        x = resample_abs_pos_embed(x, [h1, w1], [h0, w0], num_prefix_tokens=0)
+    x = x.reshape(h1 * w1, t0, dim)  # [HW, T0, C]
+    if t0 != t1:
+        x = F.interpolate(x.permute(0, 2, 1), size=t1, mode="linear", align_corners=False).permute(0, 2, 1)
+    return x.permute(1, 0, 2).reshape(1, t1 * h1 * w1, dim)
+
+
 def num_tokens(grid: Sequence[int]) -> int:
     return math.prod(grid)

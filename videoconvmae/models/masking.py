@@ -12,6 +12,14 @@ So "block" = uniform random masking at stage-3 granularity, not BEiT's contiguou
   space-time random masking of the ablations. Kept as its own name so configs read as the paper does.
 - ``tube``: one spatial random mask per sample, shared by every temporal slice (VideoMAE's tube masking).
 
+How many cells stay visible follows the project each mask comes from, and the two rules differ by rounding:
+- ``block`` / ``random`` count like ConvMAE's ``random_masking`` (models_convmae.py): ``int(L * (1 - ratio))``
+  cells are KEPT (14x14 at 75%: 49 kept);
+- ``tube`` counts like VideoMAE's ``TubeMaskingGenerator`` (masking_generator.py): ``int(ratio * H * W)`` cells
+  of each temporal slice are MASKED (14x14 at 90%: 176 masked, 20 visible per slice; keeping ``int(196 * 0.1)``
+  would give 19).
+Both keep at least one cell (upstream would then crash on an empty visible set).
+
 Every sample hides the same number of cells (a batch of visible tokens stays rectangular). Masks are drawn with
 an optional ``torch.Generator`` so a run can be replayed.
 """
@@ -25,11 +33,29 @@ import torch
 MASK_TYPES = ("block", "tube", "random")
 
 
-def num_visible(num_cells: int, ratio: float) -> int:
-    """Cells kept: ``int(L * (1 - ratio))`` as the official code (a tiny epsilon absorbs float error), at least 1."""
+def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask_ratio: expected a value in [0, 1), got {ratio}")
-    return max(1, int(num_cells * (1.0 - ratio) + 1e-6))
+
+
+def num_visible(num_cells: int, ratio: float) -> int:
+    """Cells kept by a block / random mask: ``int(L * (1 - ratio))``, ConvMAE's ``len_keep``; at least 1."""
+    _check_ratio(ratio)
+    return max(1, int(num_cells * (1 - ratio)))
+
+
+def num_visible_per_slice(cells_per_slice: int, ratio: float) -> int:
+    """Cells kept per temporal slice by a tube mask: ``H*W - int(ratio * H*W)``, VideoMAE's
+    ``num_masks_per_frame`` rule; at least 1."""
+    _check_ratio(ratio)
+    return max(1, cells_per_slice - int(ratio * cells_per_slice))
+
+
+def _random_mask_keeping(n: int, length: int, keep: int, generator: torch.Generator | None,
+                         device: torch.device | str) -> torch.Tensor:
+    noise = _uniform(n, length, generator, torch.device(device))
+    rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each cell's noise; the smallest ones stay visible
+    return rank >= keep
 
 
 def _uniform(n: int, length: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -41,16 +67,15 @@ def _uniform(n: int, length: int, generator: torch.Generator | None, device: tor
 def random_mask(n: int, length: int, ratio: float, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """[n, length] bool, True = masked; exactly ``length - num_visible`` masked per row, uniformly at random."""
-    noise = _uniform(n, length, generator, torch.device(device))
-    rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each cell's noise; the smallest ones stay visible
-    return rank >= num_visible(length, ratio)
+    return _random_mask_keeping(n, length, num_visible(length, ratio), generator, device)
 
 
 def tube_mask(n: int, grid: Sequence[int], ratio: float, generator: torch.Generator | None = None,
               device: torch.device | str = "cpu") -> torch.Tensor:
-    """[n, T*H*W] bool: one random spatial mask per sample repeated over all T temporal slices."""
+    """[n, T*H*W] bool: one random spatial mask per sample repeated over all T temporal slices; each slice keeps
+    ``num_visible_per_slice(H*W, ratio)`` cells (VideoMAE's count)."""
     t, h, w = grid
-    spatial = random_mask(n, h * w, ratio, generator, device)
+    spatial = _random_mask_keeping(n, h * w, num_visible_per_slice(h * w, ratio), generator, device)
     return spatial[:, None, :].expand(n, t, h * w).reshape(n, t * h * w)
 
 

@@ -7,7 +7,7 @@ cube embed and a temporal depthwise kernel of 3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch.nn as nn
@@ -44,12 +44,14 @@ class Family:
 
 
 IMAGE_DECODER = (8, 512, 16)  # the official ConvMAE decoder
-VIDEO_DECODER = (4, 384, 6)  # VideoMAE-B's decoder, so image and video runs stay comparable
+# VideoMAE's decoders (modeling_pretrain.py pretrain_videomae_{small,base,large}_patch16_224; depth 4 as its
+# scripts' --decoder_depth 4), so a VideoConvMAE run compares with the VideoMAE of the same size
+VIDEO_DECODERS = {"small": (4, 192, 3), "base": (4, 384, 6), "large": (4, 512, 8)}
 TINY_DECODER = (1, 64, 2)
 
 FAMILIES: dict[str, Family] = {
     **{f"convmae_{s}": Family(s, 2, TINY_DECODER if s == "tiny" else IMAGE_DECODER) for s in SIZES},
-    **{f"videoconvmae_{s}": Family(s, 3, TINY_DECODER if s == "tiny" else VIDEO_DECODER)
+    **{f"videoconvmae_{s}": Family(s, 3, VIDEO_DECODERS.get(s, TINY_DECODER))
        for s in ("tiny", "small", "base", "large")},
 }
 TASK_SUFFIXES = ("pretrain", "cls")
@@ -94,11 +96,16 @@ def create_model(name: str, **overrides) -> nn.Module:
         raise ValueError(f"model {name!r}: bad override ({e})") from None
 
 
-def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.Module:
+def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
+                input_shape: Sequence[int] | None = None,
+                input_norm: tuple[Sequence[float], Sequence[float]] | None = None) -> nn.Module:
     """The model for a run: pretrain model for task ``pretrain``, classifier otherwise.
 
     ``num_classes`` is the dataset's class count; ``model_cfg.num_classes > 0`` overrides it. ``sparse_stages``
-    selects an execution strategy only: the visible-only path (models/sparse.py) is exact.
+    selects an execution strategy only: the visible-only path (models/sparse.py) is exact. ``input_shape`` is the
+    input's (H, W) or (T, H, W) in pixels (sizes a learnable ``pos_embed``; default 224 px, 16 frames);
+    ``input_norm`` the (mean, std) the data normalised with (the ``videomae`` loss target undoes it; default
+    ImageNet's, as VideoMAE).
     """
     if model_cfg.arch not in FAMILIES:
         raise ValueError(f"model.arch: unknown family {model_cfg.arch!r} (known: {', '.join(sorted(FAMILIES))})")
@@ -109,15 +116,25 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
             overrides["tubelet"] = model_cfg.tubelet
         if model_cfg.temporal_kernel is not None:
             overrides["temporal_kernel"] = model_cfg.temporal_kernel
+    overrides["conv_init"] = model_cfg.conv_init
+    if input_shape is not None:
+        overrides["pos_grid"] = _token_grid(input_shape, is_video, overrides.get("tubelet", 2))
     if task == "pretrain":
+        if model_cfg.pos_embed == "learnable":
+            raise ValueError("model.pos_embed: pretraining uses the fixed sin-cos table (ConvMAE, VideoMAE); "
+                             "'learnable' applies to finetune / linprobe")
         overrides.update(mask_type=model_cfg.mask_type, mask_ratio=model_cfg.mask_ratio,
-                         norm_pix_loss=model_cfg.norm_pix_loss, multiscale_decoder=model_cfg.multiscale_decoder,
+                         loss_target=model_cfg.loss_target, multiscale_decoder=model_cfg.multiscale_decoder,
                          sparse_stages=model_cfg.sparse_stages)
+        if input_norm is not None:
+            overrides.update(input_mean=tuple(input_norm[0]), input_std=tuple(input_norm[1]))
         model = create_model(f"{model_cfg.arch}_pretrain", **overrides)
     else:
         classes = model_cfg.num_classes or num_classes
         if classes <= 0:
             raise ValueError(f"model.num_classes: task {task!r} needs a class count > 0 (got {classes})")
+        if model_cfg.pos_embed is not None:  # None: the classifier's default (ConvMAEClassifier)
+            overrides["pos_embed"] = model_cfg.pos_embed
         model = create_model(f"{model_cfg.arch}_cls", num_classes=classes, head_init_std=model_cfg.head_init_std,
                              **overrides)
     model.set_grad_checkpointing(model_cfg.grad_checkpointing)
@@ -127,6 +144,15 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0) -> nn.M
         report = load_pretrained(model, model_cfg.pretrained)
         print(f"loaded {model_cfg.pretrained}: {report.summary()}")
     return model
+
+
+def _token_grid(input_shape: Sequence[int], is_video: bool, tubelet: int) -> tuple[int, ...]:
+    """Pixels (H, W) / (T, H, W) -> the stage-3 grid; one clear line when the sizes do not divide."""
+    sizes = tuple(int(v) for v in input_shape)
+    patch = (tubelet, 16, 16) if is_video else (16, 16)
+    if len(sizes) != len(patch) or any(s % p for s, p in zip(sizes, patch)):
+        raise ValueError(f"input size {list(sizes)}: expected {len(patch)} sizes divisible by {list(patch)}")
+    return tuple(s // p for s, p in zip(sizes, patch))
 
 
 ENCODER_PREFIXES = ("patch_embed", "blocks1.", "blocks2.", "blocks3.", "norm.", "fc_norm.")

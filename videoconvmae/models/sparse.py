@@ -226,7 +226,7 @@ def encode_visible_stages(enc: nn.Module, x: torch.Tensor, visible_idx: torch.Te
     stage2 = _visible_blocks(enc, enc.blocks2, h, visible_idx, grid, sub2)
     tokens = _embed(enc.patch_embed3, _group_windows(stage2, 1))[:, :, 0]  # [N, K, C3]
     tokens = enc.patch_embed4(tokens)
-    pos = enc.pos_embed(grid, tokens.shape[-1], tokens)  # [1, L, C3]
+    pos = enc.encoder_pos_embed(grid, tokens)  # [1, L, C3]
     tokens = tokens + _gather_cells(pos.expand(n, -1, -1), visible_idx)
     return VisibleStages(tokens, stage1, stage2)
 

@@ -30,7 +30,7 @@ from videoconvmae.models.layers import (
     sincos_pos_embed,
     trunc_normal_,
 )
-from videoconvmae.models.masking import make_mask, upsample_keep, visible_indices
+from videoconvmae.models.masking import make_mask, sample_masks, upsample_keep, visible_indices
 from videoconvmae.models.sparse import encode_visible_stages, fused_visible
 
 
@@ -209,8 +209,8 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class ConvMAEPretrain(ConvMAEEncoder):
     """Masked autoencoder: encoder on visible tokens, multi-scale fusion, transformer decoder, masked MSE loss.
 
-    ``model(x, mask=None, generator=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool True = masked,
-    "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
+    ``model(x, mask=None, generator=None, mask_seeds=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool
+    True = masked, "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
     """
 
     def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
@@ -293,9 +293,13 @@ class ConvMAEPretrain(ConvMAEEncoder):
         weight = mask.to(per_patch.dtype)
         return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                mask_seeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``mask_seeds`` long [N]: sample i's mask is drawn from its own seed (``masking.sample_masks``), else
+        from ``generator``; an explicit ``mask`` wins over both."""
         grid = self.token_grid(x.shape)
+        if mask is None and mask_seeds is not None:
+            mask = sample_masks(self.mask_type, grid, self.mask_ratio, mask_seeds, x.device)
         if mask is None:
             mask = make_mask(self.mask_type, x.shape[0], grid, self.mask_ratio, generator, x.device)
         mask = self._check_mask(mask.to(x.device), x.shape[0], grid)

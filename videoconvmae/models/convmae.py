@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
@@ -144,6 +145,25 @@ class ConvMAEEncoder(nn.Module):
         if self.fuse_stages:
             x = x + (fused_visible(self, stage1, stage2) if sparse else self._dense_fusion(stage1, stage2, visible_idx))
         return EncoderOutput(self.norm(x), stage1, stage2, visible_idx, sparse)
+
+    def forward_features(self, x: torch.Tensor, stages: Sequence[int] = (1, 2, 3, 4)) -> list[torch.Tensor]:
+        """The multi-scale maps ``E_s`` for s in ``stages`` (paper §2.3, for detection / segmentation heads),
+        channels-first, every token of ``x`` encoded (no mask):
+
+        E1 [N, C1, (T',) H/4, W/4], E2 [N, C2, (T',) H/8, W/8], E3 [N, C3, (T',) H/16, W/16] (the encoder's stage-3
+        output: with the fusion and final norm where the model has them), E4 [N, C3, (T',) H/32, W/32] = 2x2 max
+        pooling of E3 (space only). Video: T' = T / tubelet at every scale (stages 2-3 keep the time axis).
+        """
+        stages = tuple(stages)
+        if not stages or any(s not in (1, 2, 3, 4) for s in stages):
+            raise ValueError(f"stages: expected a non-empty subset of (1, 2, 3, 4), got {stages}")
+        enc = self.encode(x)
+        grid = self.token_grid(x.shape)
+        e3 = channels_first(enc.latent.reshape(x.shape[0], *grid, -1))
+        maps = {1: channels_first(enc.stage1), 2: channels_first(enc.stage2), 3: e3}
+        if 4 in stages:
+            maps[4] = F.max_pool2d(e3, 2) if self.spatial_dims == 2 else F.max_pool3d(e3, (1, 2, 2))
+        return [maps[s].contiguous() for s in stages]
 
     def _dense_stages(self, x: torch.Tensor, grid: Sequence[int], keep1: torch.Tensor | None,
                       keep2: torch.Tensor | None, visible_idx: torch.Tensor | None):
@@ -321,8 +341,12 @@ class ConvMAEClassifier(ConvMAEEncoder):
         if num_classes > 0:
             trunc_normal_(self.head.weight, std=head_init_std)  # 2e-5: MAE finetuning's head init
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm``."""
+    def forward_features(self, x: torch.Tensor, stages: Sequence[int] | None = None
+                         ) -> torch.Tensor | list[torch.Tensor]:
+        """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm`` (what ``head`` takes, as
+        timm's ``forward_features`` / ``forward_head``); with ``stages`` the maps E1..E4 (``ConvMAEEncoder``)."""
+        if stages is not None:
+            return super().forward_features(x, stages)
         return self.fc_norm(self.encode(x).latent.mean(dim=1))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

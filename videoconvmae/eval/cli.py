@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videoconvmae.cli import UserError, config_from_args
+from videoconvmae.cli import UserError, add_any_order_parser, config_from_args
 from videoconvmae.config import Config, merge_layers, preset_layers
 
 USAGE = """videoconvmae eval PRESET [key.sub=value ...]
@@ -134,30 +134,12 @@ def _features(args: argparse.Namespace) -> int:
     return _check_unreadable(summary, cfg.data.max_skip_fraction, listed_in="metadata")
 
 
-class AnyOrderParser(argparse.ArgumentParser):
-    """Options between positionals (``features CKPT ANN --out DIR key.sub=value``): argparse's intermixed parsing.
-
-    Plain argparse hands every positional it sees before the first option to the positionals at once and then
-    rejects the words after ``--out DIR`` as unrecognized."""
-
-    _parsing = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._parsing:  # parse_known_intermixed_args calls back into parse_known_args
-            return super().parse_known_args(args, namespace)
-        self._parsing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._parsing = False
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    default_class, subparsers._parser_class = subparsers._parser_class, AnyOrderParser
-    f = subparsers.add_parser("features", help="per-video embeddings of a checkpoint's encoder (.npy + index)",
-                              description=FEATURES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              usage="videoconvmae features CHECKPOINT ANNOTATION --out DIR [PRESET] "
-                                    "[key.sub=value ...] [--per-view] [--per-clip]")
+    f = add_any_order_parser(subparsers, "features",
+                             help="per-video embeddings of a checkpoint's encoder (.npy + index)",
+                             description=FEATURES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             usage="videoconvmae features CHECKPOINT ANNOTATION --out DIR [PRESET] "
+                                   "[key.sub=value ...] [--per-view] [--per-clip]")
     f.add_argument("checkpoint", help="checkpoint-*.pt, weights.pt / .safetensors, or an official ConvMAE file")
     f.add_argument("annotation", help="the videos to embed: K400 CSV / list, SSV2 JSON, or an image folder")
     f.add_argument("words", nargs="*", metavar="ARG", help="[PRESET] then key.sub=value overrides")
@@ -165,7 +147,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--per-view", action="store_true", help="also write every view's embedding (views.npy)")
     f.add_argument("--per-clip", action="store_true", help="also write each temporal clip's embedding (clips.npy)")
     f.set_defaults(func=_features)
-    subparsers._parser_class = default_class
 
     p = subparsers.add_parser(
         "eval", help="multi-view evaluation of a finetuned checkpoint; `eval merge` combines shards",

@@ -26,10 +26,13 @@ class ToyMAE(nn.Module):
     def no_weight_decay(self):
         return {"pos_embed"}
 
-    def forward(self, x, mask=None, generator=None):
+    def forward(self, x, mask=None, generator=None, mask_seeds=None):
         self.calls += 1
         if mask is None and not self.random:
             mask = torch.ones_like(x, dtype=torch.bool)
+        if mask is None and mask_seeds is not None:  # the real model's per-row masks (masking.sample_masks)
+            mask = torch.stack([torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(int(s))) < 0.5
+                                for s in mask_seeds.tolist()]).to(x.device)
         if mask is None:
             mask = torch.rand(x.shape, generator=generator, device=x.device) < 0.5
         pred = self.dec(self.enc(x.masked_fill(mask, 0.0) + self.pos_embed))

@@ -166,12 +166,12 @@ def test_cli_synth_and_check(tmp_path, capsys):
                  "--images-per-class", "2", "--workers", "1"]) == 0
     assert "wrote" in capsys.readouterr().out
     annotation = str(out / "ssv2/train.json")
-    assert main(["data", "check", annotation, "--root", str(out / "ssv2/videos"), "--decoder", "pyav"]) == 0
+    assert main(["data", "check", annotation, f"data.root={out / 'ssv2/videos'}", "data.decoder=pyav"]) == 0
     first_id = json.loads((out / "ssv2/train.json").read_text())[0]["id"]
     broken = out / "ssv2/videos" / f"{first_id}.webm"
     broken.write_bytes(broken.read_bytes()[:200])
     report = tmp_path / "report.tsv"
-    assert main(["data", "check", annotation, "--root", str(out / "ssv2/videos"), "--report", str(report)]) == 1
+    assert main(["data", "check", annotation, "--report", str(report), f"data.root={out / 'ssv2/videos'}"]) == 1
     lines = report.read_text().splitlines()
     assert lines[0] == "path\treason\tdetail" and len(lines) == 2
     assert lines[1].startswith(f"{broken}\t") and lines[1].split("\t")[1] in ("open_error", "decode_error")

@@ -293,3 +293,36 @@ def test_head_init_std_reaches_the_head_from_the_config():
     assert wide.head.weight.std().item() == pytest.approx(0.02, rel=0.15)
     wide.reset_classifier(10)
     assert wide.head.weight.std().item() == pytest.approx(0.02, rel=0.4)
+
+
+@pytest.mark.parametrize("name,shape", [("convmae_tiny_cls", (2, 3, 64, 96)), ("convmae_tiny_pretrain", (2, 3, 64, 96)),
+                                        ("videoconvmae_tiny_cls", (2, 3, 4, 64, 96)),
+                                        ("videoconvmae_tiny_pretrain", (2, 3, 4, 64, 96))])
+def test_forward_features_returns_e1_to_e4_at_strides_4_8_16_32(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        e1, e2, e3, e4 = model.forward_features(x, stages=(1, 2, 3, 4))
+        only4, only1 = model.forward_features(x, stages=(4, 1))
+    video = len(shape) == 5
+    frames = (shape[2] // 2,) if video else ()  # tubelet 2 at every scale
+    h, w = shape[-2:]
+    for e, c, stride in ((e1, 32, 4), (e2, 48, 8), (e3, 64, 16), (e4, 64, 32)):
+        assert tuple(e.shape) == (2, c, *frames, h // stride, w // stride)
+    assert torch.equal(only4, e4) and torch.equal(only1, e1)
+    # E4 is the 2x2 max of E3 (space only), E1 is stage 1 (patch embed + conv blocks), E3 the stage-3 output
+    e3_blocks = e3.reshape(*e3.shape[:-2], h // 32, 2, w // 32, 2)
+    assert torch.equal(e4, e3_blocks.amax(dim=(-3, -1)))
+    with torch.no_grad():
+        stage1 = model.patch_embed1(x)
+        for blk in model.blocks1:
+            stage1 = blk(stage1)
+        torch.testing.assert_close(e1, stage1.movedim(-1, 1))
+        latent = model.encode(x).latent
+    torch.testing.assert_close(e3.flatten(2).transpose(1, 2), latent)
+    if name.endswith("_cls"):  # the default call stays the pooled features the head takes
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_features(x), model.fc_norm(latent.mean(1)))
+    with pytest.raises(ValueError, match="subset of"):
+        model.forward_features(x, stages=(0, 5))

@@ -6,8 +6,16 @@ import torch
 from mae_reference import mae_2d_sincos_numpy
 
 from videoconvmae.cli import main
-from videoconvmae.models.layers import sincos_2d, sincos_3d
-from videoconvmae.models.masking import make_mask, num_visible, random_mask, tube_mask, upsample_keep, visible_indices
+from videoconvmae.models.layers import ConvBlock, sincos_2d, sincos_3d
+from videoconvmae.models.masking import (
+    make_mask,
+    num_visible,
+    random_mask,
+    sample_masks,
+    tube_mask,
+    upsample_keep,
+    visible_indices,
+)
 
 
 def test_random_mask_hides_the_same_count_per_sample_and_replays_with_a_generator():
@@ -48,6 +56,29 @@ def test_tube_mask_masks_videomae_count_per_slice(hw, ratio):
     masked_per_slice = int(ratio * hw)
     mask = tube_mask(2, (4, 1, hw), ratio, torch.Generator().manual_seed(0)).reshape(2, 4, hw)
     assert (mask.sum(-1) == masked_per_slice).all()
+
+
+def test_sample_masks_depend_on_each_rows_seed_only():
+    seeds = torch.tensor([11, 12, 13, 14])
+    whole = sample_masks("tube", (2, 4, 4), 0.75, seeds)
+    halves = torch.cat([sample_masks("tube", (2, 4, 4), 0.75, seeds[0::2]),
+                        sample_masks("tube", (2, 4, 4), 0.75, seeds[1::2])])[[0, 2, 1, 3]]
+    assert torch.equal(whole, halves)  # how rows are split over processes changes nothing
+    assert not torch.equal(whole[0], whole[1]) and (whole.sum(1) == 24).all()
+    assert torch.equal(whole[:1], make_mask("tube", 1, (2, 4, 4), 0.75, torch.Generator().manual_seed(11)))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_depthwise_weight_has_the_strides_of_its_gradient(spatial_dims):
+    """DDP copies a gradient whose strides differ from the parameter's (and warns): they must be equal."""
+    block = ConvBlock(8, spatial_dims=spatial_dims)
+    x = torch.randn(2, *((3,) if spatial_dims == 3 else ()), 6, 6, 8)
+    block(x).sum().backward()
+    w = block.dwconv.weight
+    assert w.grad.stride() == w.stride() and w.is_contiguous()
+    clone = ConvBlock(8, spatial_dims=spatial_dims)
+    clone.load_state_dict(block.state_dict())
+    assert clone.dwconv.weight.stride() == w.stride() and torch.equal(clone.dwconv.weight, w)
 
 
 def test_upsampling_matches_the_official_repeat_permute():

@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
-from videoconvmae.config import Config, ConfigError, list_presets, load_config, to_yaml
+from videoconvmae.config import Config, ConfigError, describe_config, list_presets, load_config, to_yaml
+
+DESCRIPTION = ("VideoConvMAE / ConvMAE: pretraining, finetuning, linear probing, multi-view evaluation, feature "
+               "extraction and Slurm launching. Run commands take a PRESET and key.sub=value overrides; "
+               "`videoconvmae COMMAND --help` explains each command.")
 
 # Layers that contribute subcommands; a missing module simply contributes none.
 COMMAND_MODULES = (
@@ -36,6 +41,33 @@ def add_config_args(parser: argparse.ArgumentParser, preset_required: bool = Tru
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
+class AnyOrderParser(argparse.ArgumentParser):
+    """Options between positionals (``features CKPT ANN --out DIR key.sub=value``): argparse's intermixed parsing.
+
+    Plain argparse hands every positional it sees before the first option to the positionals at once and then
+    rejects the words after ``--out DIR`` as unrecognized."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._parsing:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
+def add_any_order_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    """``subparsers.add_parser`` for a command whose words and options may come in any order."""
+    default_class, subparsers._parser_class = subparsers._parser_class, AnyOrderParser
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = default_class
+
+
 def config_from_args(args: argparse.Namespace, task: str | None = None) -> Config:
     preset, overrides = getattr(args, "preset", None), list(args.overrides)
     if preset and "=" in preset:  # an optional PRESET left out: the first word is already an override
@@ -43,28 +75,80 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> Confi
     return load_config(preset, overrides, task=task)
 
 
+def emit(text: str) -> None:
+    """Print ``text`` to stdout; a reader that stopped reading (``videoconvmae models | head``) ends the command
+    quietly instead of a BrokenPipeError traceback."""
+    try:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and report the broken pipe there: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
 def _config_show(args: argparse.Namespace) -> int:
-    print(to_yaml(config_from_args(args)), end="")
+    cfg = config_from_args(args)
+    emit(describe_config(cfg) if args.doc else to_yaml(cfg))
     return 0
 
 
 def _config_list(args: argparse.Namespace) -> int:
-    print("\n".join(list_presets()))
+    emit("\n".join(list_presets()))
     return 0
 
 
 def _register_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show resolved configs and list presets")
     csub = p.add_subparsers(dest="config_command", required=True)
-    show = csub.add_parser("show", help="print the resolved config of a preset with overrides")
+    show = csub.add_parser("show", help="print the resolved config of a preset with overrides",
+                           description="Print the config a run with PRESET and the overrides would use, as YAML "
+                           "(config.yaml in a run folder has the same form). --doc adds each key's type and "
+                           "meaning as a comment.")
     add_config_args(show, preset_required=False)
+    show.add_argument("--doc", action="store_true", help="annotate every key with its type and one-line meaning")
     show.set_defaults(func=_config_show)
     lst = csub.add_parser("list", help="list preset names")
     lst.set_defaults(func=_config_list)
 
 
+class _Version(argparse.Action):
+    """``--version``: the package version and git commit, computed only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from videoconvmae.config import code_version
+
+        emit(f"videoconvmae {code_version()}")
+        parser.exit()
+
+
+def plain_text(text: str | None) -> str | None:
+    """Help text without reST markup (the docstrings it comes from use it): ``x`` / :role:`x` -> x."""
+    if not text:
+        return text
+    return re.sub(r"(?::\w+:)?``?([^`]+?)``?", r"\1", text)
+
+
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command gets a description (its one-line help when it has none); no reST in any help."""
+    parser.description = plain_text(parser.description)
+    for action in parser._actions:
+        action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help)
+                sub = action.choices[choice.dest]
+                if not sub.description and choice.help:
+                    sub.description = choice.help[0].upper() + choice.help[1:] + "."
+                _finish_help(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videoconvmae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="videoconvmae", description=DESCRIPTION)
+    parser.add_argument("--version", action=_Version, help="print the version (and git commit) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_config(sub)
     for name in COMMAND_MODULES:
@@ -75,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _finish_help(parser)
     return parser
 
 

@@ -172,6 +172,44 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     return merge_layers(layers, overrides)
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: meaning}`` of a config dataclass: the ``# ...`` comment on each field's line (the convention
+    every config section follows, so the meaning lives in one place: beside the field)."""
+    import inspect
+    import io
+    import tokenize
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    lines = inspect.getsource(cls).splitlines(keepends=True)
+    docs: dict[str, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO("".join(lines)).readline):
+        if tok.type == tokenize.COMMENT:
+            match = re.match(r"\s+(\w+)\s*:", lines[tok.start[0] - 1])
+            if match and match.group(1) in names and match.group(1) not in docs:
+                docs[match.group(1)] = tok.string.lstrip("#").strip()
+    return docs
+
+
+def describe_config(cfg: Any) -> str:
+    """The resolved config as YAML with, after every key, ``# <type>: <meaning>`` (``config show --doc``)."""
+    lines: list[str] = []
+
+    def walk(node: Any, indent: str) -> None:
+        docs = field_docs(type(node))
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:  # {docs.get(f.name, '')}")
+                walk(value, indent + "  ")
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
+                lines.append(f"{indent}{f.name}: {text}  # {type_name}: {docs.get(f.name, '')}")
+
+    walk(cfg, "")
+    return "\n".join(lines) + "\n"
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -27,24 +27,42 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_config(annotation: str, words: list[str]):
+    """The ``DataConfig`` of ``data check``: [PRESET] + ``data.*`` overrides, as a run reads them; the dataset kind
+    is guessed from the annotation unless the preset or an override names it."""
+    from videoconvmae.cli import UserError
+    from videoconvmae.config import load_config, preset_layers
+    from videoconvmae.data.check import guess_dataset
+
+    preset = words[0] if words and "=" not in words[0] else None
+    overrides = words[1:] if preset else words
+    foreign = [w for w in overrides if not w.startswith("data.")]
+    if foreign:
+        raise UserError(f"data check: reads data.* keys only, got {foreign[0]!r}")
+    named = any(w.split("=", 1)[0] == "data.dataset" for w in overrides) or (
+        preset is not None and any("dataset" in (d.get("data") or {}) for _, d in preset_layers(preset)))
+    if not named:
+        overrides = [f"data.dataset={guess_dataset(annotation)}", *overrides]
+    return load_config(preset, overrides).data
+
+
 def _check(args: argparse.Namespace) -> int:
-    from videoconvmae.data.check import check_annotation, guess_dataset
-    from videoconvmae.data.config import DataConfig
+    from videoconvmae.cli import UserError, emit
+    from videoconvmae.data.check import check_annotation
 
     if not os.path.exists(args.annotation):
-        from videoconvmae.cli import UserError
-
         raise UserError(f"data check: {args.annotation}: no such file or folder")
-    cfg = DataConfig(dataset=args.dataset or guess_dataset(args.annotation), root=args.root,
-                     labels_file=args.labels_file, decoder=args.decoder, decode_timeout_s=args.timeout)
+    cfg = check_config(args.annotation, list(args.words))
     result = check_annotation(cfg, args.annotation, report=args.report, workers=args.workers, frames=args.frames)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
-    print(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable"
-          + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "") + f"; report: {result.report}")
+    emit(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable"
+         + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "") + f"; report: {result.report}")
     return 1 if result.bad else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from videoconvmae.cli import add_any_order_parser
+
     p = subparsers.add_parser("data", help="synthetic dataset, dataset checks")
     sub = p.add_subparsers(dest="data_command", required=True)
 
@@ -61,15 +79,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (all cores)")
     s.set_defaults(func=_synth)
 
-    c = sub.add_parser("check", help="decode every item of an annotation once; report unreadable ones")
+    c = add_any_order_parser(
+        sub, "check", help="decode every item of an annotation once; report unreadable ones",
+        usage="videoconvmae data check ANNOTATION [PRESET] [data.key=value ...] [--frames N] [--workers N] "
+              "[--report PATH]",
+        description="Decode every item of ANNOTATION once and list the unreadable ones in a TSV report. The data "
+        "keys are a run's (data.root, data.dataset, data.decoder, data.decode_timeout_s, data.labels_file, ...), "
+        "from an optional PRESET and data.key=value overrides, so a check reads the files exactly as the run "
+        "will; data.dataset defaults to a guess from ANNOTATION (folder: imagefolder, .json: ssv2, else k400).")
     c.add_argument("annotation", help="K400 CSV, SSV2 train/validation.json, `<path> <label>` list or image folder")
-    c.add_argument("--dataset", choices=("k400", "ssv2", "imagefolder"), default=None,
-                   help="annotation kind (default: folder -> imagefolder, .json -> ssv2, else k400)")
-    c.add_argument("--root", default="", help="folder the annotation's paths are relative to (data.root)")
-    c.add_argument("--labels-file", default="", help="SSV2 labels.json (default: next to the JSON)")
-    c.add_argument("--decoder", choices=("decord", "pyav", "torchcodec"), default="decord", help="(decord)")
+    c.add_argument("words", nargs="*", metavar="ARG", help="[PRESET] then data.key=value overrides")
     c.add_argument("--frames", type=int, default=16, help="frames decoded per video, first to last (16)")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds per decode before 'timeout' (60)")
     c.add_argument("--workers", type=int, default=1, help="decoding processes (1)")
     c.add_argument("--report", default=None, help="TSV report path (default: ANNOTATION.check.tsv)")
     c.set_defaults(func=_check)

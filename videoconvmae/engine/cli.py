@@ -16,6 +16,7 @@ HELP = {
 
 def _run(args: argparse.Namespace) -> int:
     from videoconvmae.cli import UserError, config_from_args
+    from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.engine.tasks import run_task
     from videoconvmae.engine.trainer import NonFiniteLossError
 
@@ -24,7 +25,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_task(cfg)
     except NonFiniteLossError as e:
         raise UserError(str(e)) from None
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+    if is_main_process():  # under torchrun every rank returns the same result: print it once
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
     return 0
 
 

@@ -116,6 +116,13 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     return DistInfo(0, 1, info["local_rank"], dev)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of the process group, or of the torchrun / Slurm environment (also once the group has ended)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return read_env()["rank"] == 0
+
+
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

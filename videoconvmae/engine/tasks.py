@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from videoconvmae.config import Config, ConfigError
-from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, init_distributed
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from videoconvmae.engine.trainer import (
     LossFn,
     TaskParts,
@@ -30,10 +30,13 @@ TRAIN_TASKS = ("pretrain", "finetune", "linprobe")
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def pretrain_loss(generator: torch.Generator | None) -> LossFn:
-    """The pretrain model returns its own loss; masks are drawn from ``generator`` (saved in checkpoints)."""
+def pretrain_loss(generator: torch.Generator | None = None) -> LossFn:
+    """The pretrain model returns its own loss. Each row's mask comes from its ``sample_seed`` (the trainer's
+    ``SeededItems.row_seeds``: the same masks with any number of processes); without one, from ``generator``."""
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        if "sample_seed" in batch:
+            return model(batch["input"], mask_seeds=batch["sample_seed"])["loss"], {}
         return model(batch["input"], generator=generator)["loss"], {}
 
     return loss_fn
@@ -170,9 +173,7 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
     parts = TaskParts(model=model, train_set=train_set, loss_fn=None, collate_fn=data_layer.collate,  # type: ignore
                       skip_stats=data_layer.SkipStats())
     if cfg.task == "pretrain":
-        mask_gen = torch.Generator(device=info.device).manual_seed(cfg.train.seed * 1_000_003 + info.rank)
-        parts.generators = {"mask": mask_gen}
-        parts.loss_fn = pretrain_loss(mask_gen)
+        parts.loss_fn = pretrain_loss()  # masks from the rows' sample seeds: world-size independent
         parts.find_unused_parameters = not cfg.model.multiscale_decoder  # the stage fusion convs sit idle
         return parts
     mixup = data_layer.build_mixup(cfg.data, num_classes) if cfg.task == "finetune" else None
@@ -194,7 +195,12 @@ def run_task(cfg: Config, stop_event: threading.Event | None = None) -> dict:
     """Train ``cfg.task``; returns ``{"status": "completed" | "stopped", "step", "checkpoint", ...metrics}``."""
     if cfg.task not in TRAIN_TASKS:
         raise ConfigError(f"task: run_task trains {'|'.join(TRAIN_TASKS)}, got {cfg.task!r} (use videoconvmae eval)")
+    was_initialised = torch.distributed.is_initialized()
     info = init_distributed(cfg.train.dist_backend, cfg.train.device)
-    check_precision(cfg.train.precision, info.device)
-    parts = build_parts(cfg, info)
-    return Trainer(cfg, parts, info).fit(stop_event)
+    try:
+        check_precision(cfg.train.precision, info.device)
+        parts = build_parts(cfg, info)
+        return Trainer(cfg, parts, info).fit(stop_event)
+    finally:
+        if not was_initialised:
+            cleanup_distributed()  # the group this call joined (torchrun) ends with it

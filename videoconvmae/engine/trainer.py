@@ -88,10 +88,24 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def key(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % (2**63 - 1)
+
     def __getitem__(self, index: int):
-        key = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % (2**63 - 1)
-        with isolated_rng(key):
+        with isolated_rng(self.key(index)):
             return self.dataset[index]
+
+    def row_seeds(self, index: torch.Tensor) -> torch.Tensor:
+        """long [B]: a seed per batch row from (seed, epoch, item, repeat slot) for randomness drawn on the
+        device (pretraining masks), so it does not depend on the number of processes or the batch split.
+        ``index`` [B] holds each row's item; the R repeated-augmentation rows of an item get slots 0..R-1."""
+        seen: dict[int, int] = {}
+        seeds = []
+        for i in index.tolist():
+            slot = seen.get(i, 0)
+            seen[i] = slot + 1
+            seeds.append((self.key(i) * 31 + slot + 1) % (2**63 - 1))
+        return torch.tensor(seeds, dtype=torch.long)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -267,6 +281,8 @@ class Trainer:
             batch = next(batches)
             if self.parts.skip_stats is not None and "skips" in batch:
                 self.parts.skip_stats.update(batch)
+            if isinstance(batch, dict) and "index" in batch:
+                batch["sample_seed"] = self.items.row_seeds(batch["index"])
             batch = _to_device(batch, self.dist.device)
             clips += len(batch["input"])
             last = k == self.accum - 1

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videoconvmae.cli import UserError, config_from_args
+from videoconvmae.cli import UserError, add_any_order_parser, config_from_args
 from videoconvmae.config import Config, merge_layers, preset_layers
 
 USAGE = """videoconvmae eval PRESET [key.sub=value ...]
@@ -78,12 +78,12 @@ def _run(args: argparse.Namespace) -> int:
     return _check_unreadable(summary, cfg.data.max_skip_fraction)
 
 
-def _check_unreadable(summary: dict, max_fraction: float) -> int:
+def _check_unreadable(summary: dict, max_fraction: float, listed_in: str = "metrics") -> int:
     bad, total = summary["num_unreadable"], summary["num_assigned"]
     if total and bad / total > max_fraction:
         first = summary["unreadable"][0]
         print(f"error: {bad} of {total} items unreadable (> data.max_skip_fraction={max_fraction}); first: "
-              f"{first['path']}: {first['error']} (all listed in {summary['files']['metrics']})", file=sys.stderr)
+              f"{first['path']}: {first['error']} (all listed in {summary['files'][listed_in]})", file=sys.stderr)
         return 2
     return 0
 
@@ -101,7 +101,53 @@ def _merge(shards: list[str], out: str | None) -> int:
     return 0
 
 
+FEATURES_DOC = """Per-video embeddings of a checkpoint's encoder (pretrain, finetune or linprobe; ours or official).
+
+The checkpoint's saved config gives the model and data.*; PRESET and key.sub=value overrides go on top, as for
+eval (e.g. data.root=DIR when the annotation's videos live elsewhere, eval.num_temporal_views=2). The views,
+their placement and the sharding (eval.shard=i/n) are eval's, with one decode per video. Writes into --out
+(shard-i-of-n/ when sharded): features.npy [N, C] (mean over the views), index.csv (row, video_id, label, path),
+features.json; --per-view adds views.npy [N, T*S, C], --per-clip clips.npy [N, T, C]."""
+
+
+def _features(args: argparse.Namespace) -> int:
+    from videoconvmae.data.records import AnnotationError
+    from videoconvmae.engine.distributed import is_main_process
+    from videoconvmae.eval.features import run_features
+
+    if not _is_checkpoint(args.checkpoint):
+        raise UserError(f"features: CHECKPOINT {args.checkpoint}: not a checkpoint file")
+    if not Path(args.annotation).exists():
+        raise UserError(f"features: ANNOTATION {args.annotation}: no such file or folder")
+    words = list(args.words)
+    preset = words.pop(0) if words and "=" not in words[0] else None
+    cfg = config_from_checkpoint(args.checkpoint, preset, [*words, f"data.val_annotation={args.annotation}",
+                                                            "eval.split=val", f"eval.out_dir={args.out}"])
+    try:
+        summary = run_features(cfg, per_view=args.per_view, per_clip=args.per_clip)
+    except AnnotationError as e:
+        raise UserError(str(e)) from None
+    if is_main_process():
+        skipped = f" ({summary['num_unreadable']} unreadable, listed in features.json)" if summary["num_unreadable"] \
+            else ""
+        print(f"{summary['num_videos']} embeddings of dim {summary['dim']}{skipped}\nwrote {summary['out_dir']}")
+    return _check_unreadable(summary, cfg.data.max_skip_fraction, listed_in="metadata")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    f = add_any_order_parser(subparsers, "features",
+                             help="per-video embeddings of a checkpoint's encoder (.npy + index)",
+                             description=FEATURES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             usage="videoconvmae features CHECKPOINT ANNOTATION --out DIR [PRESET] "
+                                   "[key.sub=value ...] [--per-view] [--per-clip]")
+    f.add_argument("checkpoint", help="checkpoint-*.pt, weights.pt / .safetensors, or an official ConvMAE file")
+    f.add_argument("annotation", help="the videos to embed: K400 CSV / list, SSV2 JSON, or an image folder")
+    f.add_argument("words", nargs="*", metavar="ARG", help="[PRESET] then key.sub=value overrides")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--per-view", action="store_true", help="also write every view's embedding (views.npy)")
+    f.add_argument("--per-clip", action="store_true", help="also write each temporal clip's embedding (clips.npy)")
+    f.set_defaults(func=_features)
+
     p = subparsers.add_parser(
         "eval", help="multi-view evaluation of a finetuned checkpoint; `eval merge` combines shards",
         usage=USAGE, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,10 +139,12 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str,
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str | None,
             mean: list[float], std: list[float], precision: str = "fp32",
             progress: bool = False, unit: str = "video") -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """(positions, aggregated scores [N, K], [(position, error)] of unreadable items) over ``loader``."""
+    """(positions, aggregated scores [N, K], [(position, error)] of unreadable items) over ``loader``.
+
+    ``aggregation=None`` keeps every view: scores [N, V, K] (views temporal-major, as ``ViewsDataset``)."""
     from tqdm import tqdm
 
     positions: list[int] = []
@@ -156,7 +159,8 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
             x = normalize(torch.cat([it["views"] for it in ok]).to(device, non_blocking=True), mean, std)
             with _autocast(device, precision):
                 logits = model(x)
-            scores.append(aggregate(logits.float().view(len(ok), v, -1), aggregation).cpu())
+            per_view = logits.float().view(len(ok), v, -1)
+            scores.append((per_view if aggregation is None else aggregate(per_view, aggregation)).cpu())
             positions += [it["position"] for it in ok]
         bar.update(len(items))
         if failed:
@@ -181,57 +185,87 @@ def run_eval(cfg: Config) -> dict:
     Every rank returns the same summary; rank 0 writes the files into ``output_dir(cfg)``.
     """
     from videoconvmae.data.records import load_records
-    from videoconvmae.engine.distributed import broadcast_object, init_distributed
 
-    shard_i, shard_n = parse_shard(cfg.eval.shard)
-    if cfg.data.input_size > cfg.data.short_side_size:
-        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
-                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
+    check_view_sizes(cfg)
     state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
     model_cfg = eval_model_config(cfg, saved)
     records, class_names = load_records(cfg.data, cfg.eval.split)
 
+    def build(device: torch.device) -> torch.nn.Module:
+        return build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint,
+                                model_input_shape(cfg.data, "eval")).to(device)
+
+    def write(parts: list, job_part: list[int]) -> dict:
+        return _write(cfg, parts, records, class_names, model_cfg, job_part)
+
+    return run_sharded(cfg, records, build, cfg.eval.aggregation, write)
+
+
+def check_view_sizes(cfg: Config) -> None:
+    if cfg.data.input_size > cfg.data.short_side_size:
+        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
+                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
+
+
+def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torch.nn.Module],
+                aggregation: str | None, write: Callable[[list, list[int]], dict]) -> dict:
+    """The part of the evaluation loop that eval and ``features`` share: this job's shard (``eval.shard``) split
+    over DDP ranks, one decode per video (``ViewsDataset``), the model ``build(device)`` on all its views
+    (``predict``), every rank's part gathered; rank 0 calls ``write(parts, job_part)``, every rank returns its
+    result. A process group this call joined is ended here."""
+    from videoconvmae.engine.distributed import broadcast_object, init_distributed
+
+    shard_i, shard_n = parse_shard(cfg.eval.shard)
     was_initialised = dist.is_initialized()
     info = init_distributed(cfg.train.dist_backend, cfg.train.device)
     try:
         job_part = shard_indices(len(records), shard_i, shard_n, cfg.eval.shard_mode)
         mine = rank_part(job_part, info.rank, info.world_size, cfg.eval.shard_mode)
-        model = build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint,
-                                 model_input_shape(cfg.data, "eval")).to(info.device)
+        model = build(info.device)
         if cfg.train.compile:
             model = torch.compile(model)
         loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,
                             shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
                             pin_memory=info.device.type == "cuda")
-        part = predict(model, loader, info.device, cfg.eval.aggregation, cfg.data.mean, cfg.data.std,
+        part = predict(model, loader, info.device, aggregation, cfg.data.mean, cfg.data.std,
                        cfg.train.precision, progress=cfg.train.progress and info.is_main,
                        unit="image" if cfg.data.dataset == "imagefolder" else "video")
         parts = _gather(part)
-        summary = None
-        if info.is_main:
-            summary = _write(cfg, parts, records, class_names, model_cfg, job_part, (shard_i, shard_n))
-        return broadcast_object(summary)
+        return broadcast_object(write(parts, job_part) if info.is_main else None)
     finally:
         if not was_initialised and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _write(cfg: Config, parts: list, records: list, class_names: list[str], model_cfg: ModelConfig,
-           job_part: list[int], shard: tuple[int, int]) -> dict:
+def in_order(parts: list, job_part: list[int], width: tuple[int, ...]) -> tuple[list[int], np.ndarray, list]:
+    """Every rank's ``(positions, scores, failed)`` -> one list in annotation order; checks that together they
+    cover ``job_part`` exactly once. ``width``: the shape of one item's scores (for an empty shard)."""
     positions = [p for pos, _, _ in parts for p in pos]
-    scores = np.concatenate([s for _, s, _ in parts if len(s)]) if positions else np.zeros((0, len(class_names)))
+    scores = np.concatenate([s for _, s, _ in parts if len(s)]) if positions else np.zeros((0, *width), np.float32)
     order = np.argsort(positions, kind="stable")  # annotation order, whatever the rank split was
     positions = [positions[j] for j in order]
     scores = scores[order] if len(order) else scores
     failed = sorted(f for _, _, fs in parts for f in fs)
     if sorted(positions + [p for p, _ in failed]) != sorted(job_part):
         raise RuntimeError("eval: the ranks' results do not cover this shard exactly once (internal error)")
+    return positions, scores, failed
+
+
+def eval_run_info(cfg: Config, model_cfg: ModelConfig, num_total: int) -> dict:
+    """What every shard of one evaluation (or feature extraction) must share."""
     t, s = num_views(cfg)
-    run = {"mode": "image" if cfg.data.dataset == "imagefolder" else "video", "dataset": cfg.data.dataset,
-           "split": cfg.eval.split, "protocol": protocol_text(cfg), "views": [t, s],
-           "aggregation": cfg.eval.aggregation, "checkpoint": str(cfg.eval.checkpoint),
-           "checkpoint_sha256": file_sha256(cfg.eval.checkpoint), "config_hash": config_hash(cfg, model_cfg),
-           "num_total": len(records), "shard_mode": cfg.eval.shard_mode}
+    return {"mode": "image" if cfg.data.dataset == "imagefolder" else "video", "dataset": cfg.data.dataset,
+            "split": cfg.eval.split, "protocol": protocol_text(cfg), "views": [t, s],
+            "aggregation": cfg.eval.aggregation, "checkpoint": str(cfg.eval.checkpoint),
+            "checkpoint_sha256": file_sha256(cfg.eval.checkpoint), "config_hash": config_hash(cfg, model_cfg),
+            "num_total": num_total, "shard_mode": cfg.eval.shard_mode}
+
+
+def _write(cfg: Config, parts: list, records: list, class_names: list[str], model_cfg: ModelConfig,
+           job_part: list[int]) -> dict:
+    positions, scores, failed = in_order(parts, job_part, (len(class_names),))
+    shard = parse_shard(cfg.eval.shard)
+    run = eval_run_info(cfg, model_cfg, len(records))
     unreadable = [{"video_id": records[p].video_id, "path": str(records[p].path), "error": err} for p, err in failed]
     summary = write_report(
         output_dir(cfg), video_ids=[records[p].video_id for p in positions],

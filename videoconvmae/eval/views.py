@@ -33,6 +33,14 @@ Resampling to the test size is bilinear without antialiasing (``align_corners=Fa
 uint8 result, which is what upstream's ``cv2.resize(..., INTER_LINEAR)`` computes (to within 1 of cv2's
 fixed-point rounding); it runs once per decoded frame, before cropping. Normalisation comes last.
 Views are ordered temporal-major: view ``v = k * S + i``.
+
+Why not pytorchvideo's functional transforms (the project dropped the dependency): none places the views as
+VideoMAE does. ``uniform_crop`` centres with ``ceil((long' - s) / 2)`` where VideoMAE truncates (one pixel off
+whenever ``long' - s`` is odd), treats a square frame as wide (the crops move along the other axis), and knows
+S <= 3 only; ``uniform_temporal_subsample`` takes ``linspace(0, L - 1, c)``, neither the dense stride-``r`` clips
+of Kinetics nor the segment samples of SSV2; ``short_side_scale`` takes float32 frames only (we resize the
+uint8 frames once, as upstream's cv2 does, and normalise on the device) and computes the long side as
+``floor(H / W * q)`` instead of ``int(q * H / W)``, which differ for a few sizes by float rounding.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import submitit
 import submitit.core.utils
 
 from videoconvmae.cli import UserError
-from videoconvmae.config import TASKS, Config, ConfigError, load_config
+from videoconvmae.config import TASKS, Config, ConfigError, load_config, preset_layers
 from videoconvmae.launch import registry
 from videoconvmae.launch.executor import check_slurm_config, make_executor
 from videoconvmae.launch.job import EVAL_ENTRY, MERGE_ENTRY, TRAIN_ENTRY, EvalJob, MergeJob, RunJob
@@ -63,10 +63,23 @@ def parse_sweep(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
 def load_task_config(task: str, preset: str | None, overrides: Sequence[str]) -> Config:
     """The config a ``videoconvmae <task> PRESET ...`` run would use (eval also takes a CHECKPOINT first)."""
     if task == "eval" and preset:
-        from videoconvmae.eval.cli import eval_config
+        from videoconvmae.eval.cli import _is_checkpoint, eval_config
 
-        return eval_config([preset, *overrides])
-    return load_config(preset, list(overrides), task=task)
+        cfg = eval_config([preset, *overrides])
+        yaml_presets = [w for w in [preset, *overrides][:2] if "=" not in w and not _is_checkpoint(w)]
+    else:
+        cfg = load_config(preset, list(overrides), task=task)
+        yaml_presets = [preset] if preset else []
+    if cfg.train.device == "cpu" and not _sets_gpus(yaml_presets, overrides):
+        cfg.slurm.gpus_per_node = 0  # a CPU run holds no GPUs unless a preset or override asks for them
+    return cfg
+
+
+def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
+    """Whether ``slurm.gpus_per_node`` is given by an override or a preset (not just the schema default)."""
+    if any(o.split("=", 1)[0].strip() == "slurm.gpus_per_node" for o in overrides):
+        return True
+    return any("gpus_per_node" in (data.get("slurm") or {}) for p in presets for _, data in preset_layers(p))
 
 
 def _point_name(point: Sequence[tuple[str, str]]) -> str:

@@ -8,21 +8,22 @@ import argparse
 def _models(args: argparse.Namespace) -> int:
     import torch
 
+    from videoconvmae.cli import emit
     from videoconvmae.models.registry import FAMILIES, SIZES, count_params, create_model, list_models
 
     names = [n for n in list_models() if args.filter in n]
     if not args.params:
-        print("\n".join(names))
+        emit("\n".join(names))
         return 0
-    print(f"{'model':<30} {'encoder (M)':>12} {'total (M)':>10} {'paper (M)':>10} {'diff':>7}")
+    emit(f"{'model':<30} {'encoder (M)':>12} {'total (M)':>10} {'paper (M)':>10} {'diff':>7}")
     for name in names:
         with torch.device("meta"):  # shapes only: even convmae_huge counts in milliseconds, no memory
             counts = count_params(create_model(name))
         paper = SIZES[FAMILIES[name.rsplit("_", 1)[0]].size].paper_params_m
         encoder_m = counts["encoder"] / 1e6
         paper_txt = f"{paper:>10.0f} {100 * (encoder_m - paper) / paper:>+6.1f}%" if paper else f"{'-':>10} {'':>7}"
-        print(f"{name:<30} {encoder_m:>12.2f} {counts['total'] / 1e6:>10.2f} {paper_txt}")
-    print("encoder = patch embeds + stages 1-3 + final norm, as Table 7 counts it (multi-scale fusion convs, "
+        emit(f"{name:<30} {encoder_m:>12.2f} {counts['total'] / 1e6:>10.2f} {paper_txt}")
+    emit("encoder = patch embeds + stages 1-3 + final norm, as Table 7 counts it (multi-scale fusion convs, "
           "decoder and head excluded); paper = Table 7 (image and video share the encoder sizes)")
     return 0
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
@@ -43,7 +44,7 @@ from videoconvmae.models.layers import (
     sincos_pos_embed,
     trunc_normal_,
 )
-from videoconvmae.models.masking import make_mask, upsample_keep, visible_indices
+from videoconvmae.models.masking import make_mask, sample_masks, upsample_keep, visible_indices
 from videoconvmae.models.sparse import encode_visible_stages, fused_visible
 
 
@@ -188,6 +189,25 @@ class ConvMAEEncoder(nn.Module):
             x = x + (fused_visible(self, stage1, stage2) if sparse else self._dense_fusion(stage1, stage2, visible_idx))
         return EncoderOutput(self.norm(x), stage1, stage2, visible_idx, sparse)
 
+    def forward_features(self, x: torch.Tensor, stages: Sequence[int] = (1, 2, 3, 4)) -> list[torch.Tensor]:
+        """The multi-scale maps ``E_s`` for s in ``stages`` (paper §2.3, for detection / segmentation heads),
+        channels-first, every token of ``x`` encoded (no mask):
+
+        E1 [N, C1, (T',) H/4, W/4], E2 [N, C2, (T',) H/8, W/8], E3 [N, C3, (T',) H/16, W/16] (the encoder's stage-3
+        output: with the fusion and final norm where the model has them), E4 [N, C3, (T',) H/32, W/32] = 2x2 max
+        pooling of E3 (space only). Video: T' = T / tubelet at every scale (stages 2-3 keep the time axis).
+        """
+        stages = tuple(stages)
+        if not stages or any(s not in (1, 2, 3, 4) for s in stages):
+            raise ValueError(f"stages: expected a non-empty subset of (1, 2, 3, 4), got {stages}")
+        enc = self.encode(x)
+        grid = self.token_grid(x.shape)
+        e3 = channels_first(enc.latent.reshape(x.shape[0], *grid, -1))
+        maps = {1: channels_first(enc.stage1), 2: channels_first(enc.stage2), 3: e3}
+        if 4 in stages:
+            maps[4] = F.max_pool2d(e3, 2) if self.spatial_dims == 2 else F.max_pool3d(e3, (1, 2, 2))
+        return [maps[s].contiguous() for s in stages]
+
     def _dense_stages(self, x: torch.Tensor, grid: Sequence[int], keep1: torch.Tensor | None,
                       keep2: torch.Tensor | None, visible_idx: torch.Tensor | None):
         """Stages 1-2 on every position (masked convolution via ``keep``), then the stage-3 embed + pos; the
@@ -260,8 +280,8 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class ConvMAEPretrain(ConvMAEEncoder):
     """Masked autoencoder: encoder on visible tokens, multi-scale fusion, transformer decoder, masked MSE loss.
 
-    ``model(x, mask=None, generator=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool True = masked,
-    "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
+    ``model(x, mask=None, generator=None, mask_seeds=None) -> {"loss", "pred" [N, L, patch_dim], "mask" [N, L] bool
+    True = masked, "latent" [N, L_vis, C3]}``. An explicit ``mask`` is used exactly as given.
 
     ``loss_target`` (what ``pred`` regresses; every layout is ``patchify``'s, channel innermost, so
     ``unpatchify`` and ``pred_to_input`` render any of them):
@@ -397,9 +417,13 @@ class ConvMAEPretrain(ConvMAEEncoder):
         weight = mask.to(per_patch.dtype)
         return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                mask_seeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``mask_seeds`` long [N]: sample i's mask is drawn from its own seed (``masking.sample_masks``), else
+        from ``generator``; an explicit ``mask`` wins over both."""
         grid = self.token_grid(x.shape)
+        if mask is None and mask_seeds is not None:
+            mask = sample_masks(self.mask_type, grid, self.mask_ratio, mask_seeds, x.device)
         if mask is None:
             mask = make_mask(self.mask_type, x.shape[0], grid, self.mask_ratio, generator, x.device)
         mask = self._check_mask(mask.to(x.device), x.shape[0], grid)
@@ -426,8 +450,12 @@ class ConvMAEClassifier(ConvMAEEncoder):
         if num_classes > 0:
             trunc_normal_(self.head.weight, std=head_init_std)  # 2e-5: MAE finetuning's head init
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm``."""
+    def forward_features(self, x: torch.Tensor, stages: Sequence[int] | None = None
+                         ) -> torch.Tensor | list[torch.Tensor]:
+        """[N, C, (T,) H, W] -> [N, C3] mean over all stage-3 tokens, after ``fc_norm`` (what ``head`` takes, as
+        timm's ``forward_features`` / ``forward_head``); with ``stages`` the maps E1..E4 (``ConvMAEEncoder``)."""
+        if stages is not None:
+            return super().forward_features(x, stages)
         return self.fc_norm(self.encode(x).latent.mean(dim=1))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

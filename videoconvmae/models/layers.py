@@ -51,6 +51,19 @@ def apply_keep(y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return y * keep
 
 
+def depthwise_weight_layout(weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise weight ``[C, 1, *kernel]`` with the strides its gradient has (same values and memory).
+
+    The conv sees channels-last activations, so oneDNN returns the weight gradient in channels-last strides:
+    ``[25, 1, 5, 1]`` for ``[C, 1, 5, 5]`` where a default tensor has ``[25, 25, 5, 1]``. The two differ only in the
+    stride of the size-1 axis (identical memory), but DDP compares strides exactly, copies every such gradient
+    into its bucket and warns "Grad strides do not match bucket view strides". A parameter created with the
+    gradient's strides makes both agree. ``.to()``, ``load_state_dict``, deepcopy and ``torch.save`` keep them.
+    """
+    fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+    return torch.empty_like(weight, memory_format=fmt).copy_(weight)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping conv (kernel = stride) -> LayerNorm over channels -> GELU (the official ``PatchEmbed``).
 
@@ -87,6 +100,7 @@ class ConvBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=CONV_NORM_EPS)
         self.conv1 = nn.Linear(dim, dim)
         self.dwconv = conv_nd(spatial_dims)(dim, dim, kernel, padding=tuple(k // 2 for k in kernel), groups=dim)
+        self.dwconv.weight = nn.Parameter(depthwise_weight_layout(self.dwconv.weight.data))
         self.conv2 = nn.Linear(dim, dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=CONV_NORM_EPS)

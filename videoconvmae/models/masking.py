@@ -94,6 +94,20 @@ def make_mask(mask_type: str, n: int, grid: Sequence[int], ratio: float,
     raise ValueError(f"mask_type: expected one of {'|'.join(MASK_TYPES)}, got {mask_type!r}")
 
 
+def sample_masks(mask_type: str, grid: Sequence[int], ratio: float, seeds: torch.Tensor,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """[N, prod(grid)] bool, row i drawn from its own generator seeded with ``seeds[i]`` (long [N]).
+
+    Why per sample: a mask drawn from one stream per process depends on how the global batch is split over
+    processes; a mask that is a function of the sample's own seed is the same with 1 or N processes.
+    """
+    rows = [make_mask(mask_type, 1, grid, ratio, torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    length = 1
+    for g in grid:
+        length *= g
+    return (torch.cat(rows) if rows else torch.zeros(0, length, dtype=torch.bool)).to(device)
+
+
 def upsample_keep(keep: torch.Tensor, factor: int) -> torch.Tensor:
     """Nearest upsampling of the last two (spatial) axes by ``factor``: [N, (T,) H, W] -> [N, (T,) H*f, W*f].
 

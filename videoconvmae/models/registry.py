@@ -166,3 +166,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
     """
     encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(ENCODER_PREFIXES))
     return {"encoder": encoder, "total": sum(p.numel() for p in model.parameters())}
+
+
+# Every name above is also a timm model (timm.create_model / timm.list_models); the module registers on import.
+from videoconvmae.models import timm_models as _timm_models  # noqa: E402, F401

@@ -1,0 +1,130 @@
+"""``run_features(cfg)``: per-video embeddings of a checkpoint's encoder, sharded like the evaluation.
+
+The same loop as ``run_eval`` (``multiview.run_sharded``: this job's ``eval.shard``, split over DDP ranks, one
+decode per video with every T x S view cut from it), with the classifier's pooled features
+(``forward_features``: mean over the stage-3 tokens, then ``fc_norm``) instead of its logits. The encoder comes
+from any checkpoint of ours (pretrain, finetune, linprobe; training checkpoint or exported weights) or an
+official one: ``load_pretrained`` maps it onto ``{arch}_cls``; for a pretrain checkpoint ``fc_norm`` is the
+fresh LayerNorm (no affine change), as a linear probe starts from.
+
+Files in ``output_dir(cfg)``: ``features.npy`` float32 [N, C] (mean over the views), ``index.csv`` (row, video_id,
+label, path) in annotation order, ``features.json`` (checkpoint hash, config hash, views, shard, unreadable items),
+optionally ``views.npy`` [N, T*S, C] (temporal-major) and ``clips.npy`` [N, T, C] (mean over the spatial views).
+Shards of one extraction (``contiguous``) concatenate, in shard order, to the unsharded result.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videoconvmae.config import Config, ConfigError
+from videoconvmae.eval.checkpoint import load_eval_checkpoint
+from videoconvmae.eval.multiview import (
+    check_view_sizes,
+    eval_model_config,
+    eval_run_info,
+    in_order,
+    num_views,
+    output_dir,
+    run_sharded,
+)
+from videoconvmae.eval.report import write_json
+from videoconvmae.eval.sharding import parse_shard
+from videoconvmae.models.config import ModelConfig
+
+FEATURES_NPY, INDEX_CSV, FEATURES_JSON = "features.npy", "index.csv", "features.json"
+
+
+class PooledFeatures(torch.nn.Module):
+    """``forward(x) = classifier.forward_features(x)``: [N, C3], what ``predict`` takes as a model."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.forward_features(x)
+
+
+def build_encoder(model_cfg: ModelConfig, state: dict, checkpoint: str) -> torch.nn.Module:
+    """``{arch}_cls`` without a head, every encoder weight from ``state`` (else one ConfigError line)."""
+    from videoconvmae.models import build_model, load_pretrained
+
+    try:
+        model = build_model(dataclasses.replace(model_cfg, num_classes=1, pretrained=""), "finetune")
+    except ValueError as e:
+        raise ConfigError(f"features: {checkpoint}: {e}") from None
+    model.reset_classifier(0)
+    report = load_pretrained(model, state)
+    missing = [k for k in report.missing if not k.startswith("fc_norm.")]
+    if missing or report.mismatched:
+        bad = missing or [str(m) for m in report.mismatched]
+        raise ConfigError(f"features: {checkpoint}: weights do not fit {model_cfg.arch}_cls ({len(bad)} encoder "
+                          f"tensors missing or of another shape: {', '.join(bad[:3])})")
+    print(f"features: {checkpoint}: {report.summary()}")
+    return model.eval()
+
+
+def run_features(cfg: Config, per_view: bool = False, per_clip: bool = False) -> dict:
+    """Embed every video of ``cfg.eval.split`` in this job's shard; returns the summary written to features.json."""
+    from videoconvmae.data.records import load_records
+
+    check_view_sizes(cfg)
+    state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
+    model_cfg = eval_model_config(cfg, saved)
+    records, _ = load_records(cfg.data, cfg.eval.split)
+
+    def build(device: torch.device) -> torch.nn.Module:
+        return PooledFeatures(build_encoder(model_cfg, state, cfg.eval.checkpoint)).to(device)
+
+    def write(parts: list, job_part: list[int]) -> dict:
+        return _write(cfg, model_cfg, records, parts, job_part, per_view, per_clip)
+
+    return run_sharded(cfg, records, build, None, write)
+
+
+def _write(cfg: Config, model_cfg: ModelConfig, records: list, parts: list, job_part: list[int], per_view: bool,
+           per_clip: bool) -> dict:
+    t, s = num_views(cfg)
+    positions, views, failed = in_order(parts, job_part, (t * s, 0))
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"features": _save(out / FEATURES_NPY, views.mean(axis=1))}
+    if per_view:
+        files["views"] = _save(out / "views.npy", views)
+    if per_clip:
+        files["clips"] = _save(out / "clips.npy", views.reshape(len(views), t, s, -1).mean(axis=2))
+    with open(out / INDEX_CSV, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "video_id", "label", "path"])
+        for row, p in enumerate(positions):
+            w.writerow([row, records[p].video_id, records[p].label, records[p].path])
+    files["index"] = str(out / INDEX_CSV)
+    i, n = parse_shard(cfg.eval.shard)
+    summary = {"num_videos": len(positions), "dim": int(views.shape[-1]), "num_unreadable": len(failed),
+               "num_assigned": len(job_part),
+               "unreadable": [{"video_id": records[p].video_id, "path": str(records[p].path), "error": err}
+                              for p, err in failed],
+               "run": eval_run_info(cfg, model_cfg, len(records)), "shard": {"index": i, "count": n},
+               "features": "encoder forward_features (mean over stage-3 tokens, fc_norm), mean over the views",
+               "files": files, "out_dir": str(out)}
+    files["metadata"] = str(write_json(out / FEATURES_JSON, summary))
+    return summary
+
+
+def _save(path: Path, array: np.ndarray) -> str:
+    np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+    return str(path)
+
+
+def read_features(folder: str | Path) -> tuple[np.ndarray, list[dict]]:
+    """(features [N, C], index rows) of a ``features`` output folder."""
+    folder = Path(folder)
+    with open(folder / INDEX_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.load(folder / FEATURES_NPY), rows

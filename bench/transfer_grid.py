@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 3 4 --threads 1 2 --workers 0 2 --out runs/transfer_grid
     .venv/bin/python bench/transfer_grid.py --seeds 0 1 --threads 1 --workers 2 --sabotage noise
+    .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 --threads 2 --workers 2 --pretrain-epochs 60 \
+        --finetune-epochs 60       # the demo's (the presets') full budgets
 
 Each cell runs ``tests/test_engine_transfer.run_transfer`` (pretrain_k400_tiny -> finetune_k400_tiny from it and
 from random init, the test's budgets) in a fresh interpreter with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
@@ -42,13 +44,13 @@ if {sabotage!r} == "noise":
         state["model"] = {{k: noise(v).to(v.dtype) if v.is_floating_point() else v for k, v in state["model"].items()}}
         torch.save(state, path)
 print("CELL", json.dumps(run_transfer(Path({data!r}), Path({work!r}), seed={seed}, num_workers={workers},
-                                     corrupt_pretrained=corrupt)))
+                                     corrupt_pretrained=corrupt, **{budgets!r})))
 """
 
 
-def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, sabotage: str) -> dict:
+def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, sabotage: str, budgets: dict) -> dict:
     code = CELL.format(threads=threads, root=str(ROOT), sabotage=sabotage, data=str(data), work=str(work),
-                       seed=seed, workers=workers)
+                       seed=seed, workers=workers, budgets=budgets)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     work.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -72,6 +74,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--sabotage", choices=["none", "noise"], default="none")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the test's (the demo: 60)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the test's (the demo: 60)")
     parser.add_argument("--out", default="runs/transfer_grid")
     args = parser.parse_args()
 
@@ -79,10 +83,13 @@ def main() -> int:
     data = out / "synth"
     if not (data / "synth.json").is_file():
         write_transfer_data(data)
+    budgets = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("finetune_epochs", args.finetune_epochs))
+               if v is not None}
+    tag = args.sabotage + "".join(f"_{k[0]}{v}" for k, v in budgets.items())
     cells = [(s, t, w) for s in args.seeds for t in args.threads for w in args.workers]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda c: run_cell(data, out / f"{args.sabotage}_s{c[0]}_t{c[1]}_w{c[2]}", *c,
-                                                args.sabotage), cells))
+        rows = list(pool.map(lambda c: run_cell(data, out / f"{tag}_s{c[0]}_t{c[1]}_w{c[2]}", *c, args.sabotage,
+                                                budgets), cells))
     print(f"{'seed':>4} {'threads':>7} {'workers':>7} {'pretrained':>10} {'random':>7} {'margin':>7}  test")
     for r in rows:
         print(f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7} {r['pretrained']:>10.1f} {r['random']:>7.1f} "
@@ -98,7 +105,7 @@ def main() -> int:
     differing = [k for k, v in by_run.items() if len(v) > 1]
     print("workers 0 vs 2: identical in every (seed, threads) pair" if not differing else
           f"workers 0 vs 2 DIFFER for (seed, threads) {differing}")
-    (out / f"grid_{args.sabotage}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"grid_{tag}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

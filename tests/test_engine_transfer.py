@@ -38,8 +38,8 @@ def write_transfer_data(root: Path, workers: int = 2) -> Path:
     return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, workers=workers)
 
 
-def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
-                 corrupt_pretrained=None) -> dict[str, float]:
+def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, corrupt_pretrained=None,
+                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
     """One pretrain and two finetunes -> ``{"pretrained": top-1 %, "random": top-1 %}``.
 
     ``corrupt_pretrained(path)`` may rewrite the pretrain's weights.pt before finetuning (the sabotage runs of
@@ -47,14 +47,14 @@ def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
     """
     common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
     pre_dir = work / "pretrain"
-    run_task(load_config("pretrain_k400_tiny", _k400(root, pre_dir, f"optim.epochs={PRETRAIN_EPOCHS}", *common)))
+    run_task(load_config("pretrain_k400_tiny", _k400(root, pre_dir, f"optim.epochs={pretrain_epochs}", *common)))
     if corrupt_pretrained is not None:
         corrupt_pretrained(pre_dir / "weights.pt")
     top1 = {}
     for name, weights in (("pretrained", pre_dir / "weights.pt"), ("random", "")):
         result = run_task(load_config("finetune_k400_tiny", _k400(
-            root, work / f"finetune_{name}", f"model.pretrained={weights}", f"optim.epochs={FINETUNE_EPOCHS}",
-            f"train.eval_every_epochs={FINETUNE_EPOCHS}", *common)))
+            root, work / f"finetune_{name}", f"model.pretrained={weights}", f"optim.epochs={finetune_epochs}",
+            f"train.eval_every_epochs={finetune_epochs}", *common)))
         assert result["status"] == "completed" and result["val_count"] == VAL_PER_CLASS * SynthSpec().num_classes
         top1[name] = result["val_acc1"]
     return top1

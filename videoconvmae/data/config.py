@@ -38,6 +38,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (RGB)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (RGB)
     max_skip_fraction: float = 0.05  # fail the run when more than this fraction of samples is unreadable
+    skip_check_min_reads: int = 500  # reads seen (all processes) before max_skip_fraction is checked mid-epoch
     max_retries: int = 10  # unreadable item: try this many deterministic replacements before failing
     decode_timeout_s: float = 60.0  # a single video decode taking longer than this counts as unreadable; 0 = off
     seed: int = 0  # seeds the deterministic choice of replacements for unreadable items

@@ -123,9 +123,24 @@ def find_resume(output_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
-    for old in list_checkpoints(output_dir)[keep_last:]:
+def checkpoint_step(path: str | os.PathLike) -> int:
+    m = CKPT_PATTERN.fullmatch(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint-<step>.pt name")
+    return int(m.group(1))
+
+
+def prune_checkpoints(own: list[Path], keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` highest steps of ``own`` and return those kept.
+
+    ``own`` is this run's valid checkpoints (the one it resumed from, those before it, those it wrote): a
+    damaged file or another run's checkpoint in the folder is never a candidate, so it can neither push this
+    run's checkpoints out nor be deleted by it.
+    """
+    ranked = sorted(set(own), key=checkpoint_step, reverse=True)
+    for old in ranked[keep_last:]:
         old.unlink(missing_ok=True)
+    return ranked[:keep_last]
 
 
 # ---------------------------------------------------------------------------------------------- exported weights

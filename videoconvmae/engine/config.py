@@ -42,6 +42,8 @@ class TrainConfig:
     ckpt_every_steps: int = 1000  # write a checkpoint every N optimizer steps (and at the end)
     keep_last: int = 2  # checkpoints kept on disk
     resume: str = "auto"  # auto (newest valid checkpoint in output_dir) | none | path to a checkpoint
+    resume_changes: str = "refuse"  # refuse | apply: recipe keys that differ from the checkpoint's config
+    overwrite: bool = False  # train.resume=none into a folder holding another run: remove that run's files
     log_every_steps: int = 20  # JSONL / TensorBoard scalars every N steps
     eval_every_epochs: int = 1  # finetune / linprobe: validation every N epochs (and after the last)
     max_nonfinite_steps: int = 20  # stop after this many consecutive non-finite losses
@@ -59,5 +61,7 @@ class TrainConfig:
             raise ValueError(f"train.device: expected auto|cpu|cuda, got {self.device!r}")
         if self.dist_backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"train.dist_backend: expected auto|gloo|nccl, got {self.dist_backend!r}")
+        if self.resume_changes not in ("refuse", "apply"):
+            raise ValueError(f"train.resume_changes: expected refuse|apply, got {self.resume_changes!r}")
         if self.ckpt_every_steps < 1 or self.keep_last < 1:
             raise ValueError("train.ckpt_every_steps and train.keep_last: expected >= 1")

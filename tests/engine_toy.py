@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from videoconvmae.config import load_config
-from videoconvmae.engine.tasks import pretrain_loss
 from videoconvmae.engine.distributed import DistInfo
+from videoconvmae.engine.tasks import pretrain_loss
 from videoconvmae.engine.trainer import TaskParts, Trainer
 
 

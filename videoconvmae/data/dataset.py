@@ -53,7 +53,7 @@ def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], 
         except Exception as e:
             raise UnreadableError("decode_error", path, describe(e)) from None
 
-    return start_read(path, work, timeout_s)
+    return start_read(path, work, timeout_s, "PIL image decode")
 
 
 def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:

@@ -29,6 +29,8 @@ class OptimConfig:
             raise ValueError(f"optim.accum_steps: expected >= 1, got {self.accum_steps}")
         if self.epochs < 1:
             raise ValueError(f"optim.epochs: expected >= 1, got {self.epochs}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas: expected two values in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -61,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"train.device: expected auto|cpu|cuda, got {self.device!r}")
         if self.dist_backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"train.dist_backend: expected auto|gloo|nccl, got {self.dist_backend!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps: expected >= 1 or null (= the whole schedule), got {self.max_steps}")
         if self.resume_changes not in ("refuse", "apply"):
             raise ValueError(f"train.resume_changes: expected refuse|apply, got {self.resume_changes!r}")
         if self.ckpt_every_steps < 1 or self.keep_last < 1:

@@ -47,9 +47,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task: expected one of {'|'.join(TASKS)}, got {self.task!r}")
-        video = self.data.dataset != "imagefolder"
-        frames = (self.data.num_segments or self.data.num_frames) if self.data.dataset == "ssv2" else self.data.num_frames
-        self.model.check_input(self.data.input_size, frames if video else None)
+        data = self.data  # sizes no model accepts fail here (also in `config show`), not after [start]
+        frames = (data.num_segments or data.num_frames) if data.dataset == "ssv2" else data.num_frames
+        self.model.check_input(data.input_size, None if data.dataset == "imagefolder" else frames)
 
 
 class ConfigError(ValueError):

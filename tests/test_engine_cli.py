@@ -100,3 +100,19 @@ def test_a_signal_saves_at_the_next_step_and_exits_cleanly(synth_root, tmp_path,
     (ckpt,) = list_checkpoints(out)  # saved at the step boundary, not lost until ckpt_every_steps
     assert load_checkpoint(ckpt)["step"] == result["step"]
     assert "[stopped]" in (out / "log.txt").read_text()
+
+
+def test_a_val_label_the_head_does_not_have_is_one_line_before_training(synth_root, tmp_path, capsys):
+    import shutil
+
+    val = tmp_path / "val"
+    shutil.copytree(synth_root / "imagenet/val", val)
+    extra = val / "zzz_extra_class"
+    extra.mkdir()
+    shutil.copy(next((val / sorted(p.name for p in val.iterdir())[0]).iterdir()), extra / "x.JPEG")
+    args = [*image_args(synth_root, tmp_path / "run"), f"data.val_annotation={val}", "data.num_workers=0",
+            "model.pretrained="]
+    assert main(["finetune", "finetune_in1k_tiny", *args]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "label 5 (" in line and "zzz_extra_class" in line and "not one of the model's 5 classes" in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before any step (was an IndexError mid-run)

@@ -147,3 +147,55 @@ def test_a_skipped_step_does_not_log_loss_zero(tmp_path):
     train(cfg, parts=parts)
     losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path) if "event" not in r}
     assert losses[3] == "nan" and all(isinstance(losses[s], float) and losses[s] > 0 for s in (1, 2, 4))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_a_consistent_weights_pair(tmp_path, monkeypatch):
+    train(toy_config(tmp_path, "optim.epochs=1", "train.ckpt_every_steps=4"))  # exports weights of run 1
+    before = {n: (tmp_path / n).read_bytes() for n in ("weights.pt", "weights.safetensors")}
+    from videoconvmae.engine import checkpoint as ckpt_io
+
+    real_save = ckpt_io.torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == 12:
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io.torch, "save", full_disk)
+    with pytest.raises(RuntimeError, match=r"could not write checkpoint .*checkpoint-00000012.pt: \[Errno 28\] No "
+                                           r"space left on device \(the previous checkpoint, checkpoint-00000008.pt"):
+        train(toy_config(tmp_path, "optim.epochs=2", "train.ckpt_every_steps=4"))
+    assert load_checkpoint(list_checkpoints(tmp_path)[0])["step"] == 8
+
+    def no_room_for_safetensors(f):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_io, "safetensors_bytes", lambda *a, **k: b"x" * 10)
+    real_write_all = ckpt_io.atomic_write_all
+    monkeypatch.setattr(ckpt_io, "atomic_write_all", lambda files: real_write_all(
+        files if len(files) == 1 else [files[0], (files[1][0], no_room_for_safetensors)]))
+    monkeypatch.setattr(ckpt_io.torch, "save", real_save)
+    with pytest.raises(OSError, match="No space left"):
+        train(toy_config(tmp_path, "optim.epochs=2", "train.ckpt_every_steps=4"))
+    # before: weights.pt was the new run's and weights.safetensors the old one's
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_max_skip_fraction_is_checked_as_the_run_goes_naming_the_worst_files(synth_root, tmp_path):
+    from videoconvmae.data.dataset import DataError
+    from videoconvmae.engine.tasks import run_task
+
+    k = synth_root / "k400"
+    lines = (k / "train.txt").read_text().splitlines()
+    broken = [f"gone/{line}" if i % 3 else line for i, line in enumerate(lines)]  # 2 of 3 files missing
+    (tmp_path / "train.txt").write_text("\n".join(broken) + "\n")
+    cfg = load_config("pretrain_k400_tiny", [
+        f"data.root={k}", f"data.train_annotation={tmp_path / 'train.txt'}", "data.val_annotation=",
+        f"train.output_dir={tmp_path / 'run'}", "data.input_size=32", "data.num_frames=4", "data.batch_size=5",
+        "data.num_workers=0", "data.skip_check_min_reads=5", "data.max_skip_fraction=0.2", "optim.epochs=4",
+        "train.progress=false", "train.tensorboard=false", "train.log_every_steps=1"])
+    with pytest.raises(DataError, match=r"exceeds data.max_skip_fraction=0.2; worst: .*gone/.*\(\d+x\)"):
+        run_task(cfg)
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if "event" not in r]
+    assert max(steps, default=0) < 3  # stopped inside the first epoch (3 steps), not at its end

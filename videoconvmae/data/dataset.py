@@ -259,10 +259,14 @@ class SkipStats:
         return {"items": self.items, "skipped": self.skipped,
                 **{f"skipped/{k}": self.counts[k] for k in sorted(self.counts)}}
 
-    def summary(self) -> str:
+    def summary(self, items: int | None = None, skipped: int | None = None) -> str:
+        """'skipped S of N reads (P%: reason: n, ...)' of this process, or of the given run totals."""
+        items = self.items if items is None else items
+        skipped = self.skipped if skipped is None else skipped
         reasons = ", ".join(f"{k}: {self.counts[k]}" for k in SKIP_REASONS + tuple(
             sorted(set(self.counts) - set(SKIP_REASONS))) if self.counts[k])
-        return (f"skipped {self.skipped} of {self.items + self.skipped} reads ({100 * self.fraction:.1f}%"
+        fraction = skipped / (items + skipped) if items + skipped else 0.0
+        return (f"skipped {skipped} of {items + skipped} reads ({100 * fraction:.1f}%"
                 + (f": {reasons})" if reasons else ")"))
 
     def check(self, max_fraction: float, min_reads: int = 0, totals: tuple[int, int] | None = None) -> None:
@@ -273,8 +277,8 @@ class SkipStats:
         reads = items + skipped
         if reads >= min_reads and reads and skipped / reads > max_fraction:
             worst = ", ".join(f"{p} ({n}x)" for p, n in self.files.most_common(3))
-            raise DataError(f"unreadable data: skipped {skipped} of {reads} reads ({100 * skipped / reads:.1f}%) "
-                            f"exceeds data.max_skip_fraction={max_fraction}"
+            raise DataError(f"unreadable data: {self.summary(items, skipped)} exceeds data.max_skip_fraction="
+                            f"{max_fraction}"
                             f"{f'; worst: {worst}' if worst else ''}; run `videoconvmae data check ANNOTATION` "
                             "to list the bad files")
 

@@ -164,3 +164,15 @@ def test_a_decode_queued_behind_a_hung_one_is_not_a_timeout():
         hung()
     assert queued() == 42  # moved to the fresh thread (before: stuck behind the hung decode, then a timeout)
     time.sleep(1.0)
+
+
+def test_data_check_decodes_as_the_preset_does(tmp_path, capsys):
+    from videoconvmae.cli import main
+
+    encode_video(tmp_path / "narrow.mp4", _ramp_clip(w=48), fps=25)  # a width decord 0.6.0 cannot copy
+    (tmp_path / "list.txt").write_text("narrow.mp4 0\n")
+    args = ["data", "check", str(tmp_path / "list.txt"), "--root", str(tmp_path), "--report", str(tmp_path / "r")]
+    assert main(args) == 1  # the schema default, decord
+    assert "0 of 1 items readable with data.decoder=decord" in capsys.readouterr().out
+    assert main([*args, "--preset", "pretrain_k400_tiny"]) == 0  # the preset's pyav: what its run will see
+    assert "1 of 1 items readable with data.decoder=pyav" in capsys.readouterr().out

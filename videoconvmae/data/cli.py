@@ -35,16 +35,29 @@ def _check(args: argparse.Namespace) -> int:
         from videoconvmae.cli import UserError
 
         raise UserError(f"data check: {args.annotation}: no such file or folder")
-    cfg = DataConfig(dataset=args.dataset or guess_dataset(args.annotation), root=args.root,
-                     labels_file=args.labels_file, decoder=args.decoder, decode_timeout_s=args.timeout)
+    if args.preset:  # decode exactly as the run will: its decoder, root, labels, time limit
+        from videoconvmae.config import load_config
+
+        cfg = load_config(args.preset).data
+        cfg.dataset = args.dataset or cfg.dataset
+    else:
+        cfg = DataConfig(dataset=args.dataset or guess_dataset(args.annotation))
+    given = {"root": args.root, "labels_file": args.labels_file, "decoder": args.decoder,
+             "decode_timeout_s": args.timeout}
+    for key, value in given.items():
+        if value is not None:
+            setattr(cfg, key, value)
     result = check_annotation(cfg, args.annotation, report=args.report, workers=args.workers, frames=args.frames)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
-    print(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable"
-          + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "") + f"; report: {result.report}")
+    print(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable with "
+          f"data.decoder={cfg.decoder}" + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "")
+          + f"; report: {result.report}")
     return 1 if result.bad else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from videoconvmae.data.config import DataConfig
+
     p = subparsers.add_parser("data", help="synthetic dataset, dataset checks")
     sub = p.add_subparsers(dest="data_command", required=True)
 
@@ -65,11 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("annotation", help="K400 CSV, SSV2 train/validation.json, `<path> <label>` list or image folder")
     c.add_argument("--dataset", choices=("k400", "ssv2", "imagefolder"), default=None,
                    help="annotation kind (default: folder -> imagefolder, .json -> ssv2, else k400)")
-    c.add_argument("--root", default="", help="folder the annotation's paths are relative to (data.root)")
-    c.add_argument("--labels-file", default="", help="SSV2 labels.json (default: next to the JSON)")
-    c.add_argument("--decoder", choices=("decord", "pyav", "torchcodec"), default="decord", help="(decord)")
+    c.add_argument("--preset", default=None, help="take data.decoder / root / labels_file / decode_timeout_s from "
+                   "this run preset, so the check decodes as that run will (recommended)")
+    c.add_argument("--root", default=None, help="folder the annotation's paths are relative to (data.root)")
+    c.add_argument("--labels-file", default=None, help="SSV2 labels.json (default: next to the JSON)")
+    c.add_argument("--decoder", choices=("decord", "pyav", "torchcodec"), default=None,
+                   help=f"(the preset's data.decoder; without --preset the default {DataConfig().decoder})")
     c.add_argument("--frames", type=int, default=16, help="frames decoded per video, first to last (16)")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds per decode before 'timeout' (60)")
+    c.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds per decode before 'timeout' (data.decode_timeout_s, {DataConfig().decode_timeout_s:g})")
     c.add_argument("--workers", type=int, default=1, help="decoding processes (1)")
     c.add_argument("--report", default=None, help="TSV report path (default: ANNOTATION.check.tsv)")
     c.set_defaults(func=_check)

@@ -158,8 +158,7 @@ class Trainer:
         self.lock.release()
 
     def _setup(self, cfg: Config, parts: TaskParts, dist_info: DistInfo) -> None:
-        self.cfg, self.parts, self.dist = cfg, parts, dist_info
-        self.out = Path(cfg.train.output_dir)
+        self.parts = parts
         check_precision(cfg.train.precision, dist_info.device)
         tc, oc = cfg.train, cfg.optim
         self.model = parts.model.to(dist_info.device)
@@ -309,12 +308,15 @@ class Trainer:
         missing, unexpected = [k for k in mine if k not in theirs], [k for k in theirs if k not in mine]
         saved_groups = [len(g["params"]) for g in ckpt["optimizer"].get("param_groups", [])]
         groups_differ = saved_groups != [len(g["params"]) for g in self.optimizer.param_groups]
+        old_optim = ckpt["config"].get("optim", {}).get("name", self.cfg.optim.name)
+        if old_optim != self.cfg.optim.name:  # another optimizer's state (moments vs momentum) cannot carry over
+            groups_differ = True
         if not (other or missing or unexpected or groups_differ):
             return
         what = [f"{len(other)} tensors of another shape (e.g. {other[0]})" if other else "",
                 f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                "other optimizer parameter groups" if groups_differ else ""]
+                "another optimizer or other parameter groups" if groups_differ else ""]
         recipe, _ = config_changes(ckpt["config"], to_dict(self.cfg))
         keys = [c for c in recipe if c[0].startswith(("model.", "optim.", "task"))] or recipe
         raise ConfigError(f"train.resume: {path} does not fit this run ({'; '.join(w for w in what if w)}"

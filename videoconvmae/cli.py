@@ -54,17 +54,19 @@ def one_line(e: BaseException) -> str:
     return lines[0]
 
 
-def _write_traceback(e: BaseException, command: str) -> Path:
-    path = _failure_log or Path(tempfile.gettempdir()) / f"videoconvmae-{command}-{os.getpid()}.log"
-    text = "".join(traceback.format_exception(e))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(f"[error] {time.strftime('%Y-%m-%d %H:%M:%S')} {command} failed:\n{text}")
-    except OSError:  # e.g. the disk that filled up: fall back to the temp folder
-        path = Path(tempfile.gettempdir()) / f"videoconvmae-{command}-{os.getpid()}.log"
-        path.write_text(text)
-    return path
+def _write_traceback(e: BaseException, command: str) -> str:
+    """Append the traceback to the run's log.txt (else a temp file); returns where it went."""
+    fallback = Path(tempfile.gettempdir()) / f"videoconvmae-{command}-{os.getpid()}.log"
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [error] {command} failed:\n{''.join(traceback.format_exception(e))}"
+    for path in dict.fromkeys(p for p in (_failure_log, fallback) if p is not None):
+        try:  # the run folder may be the disk that filled up
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return "nowhere: no writable log file"
 
 
 def add_config_args(parser: argparse.ArgumentParser, preset_required: bool = True) -> None:
@@ -127,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a training loop (which saves and exits on its own)
+        print(f"error: {args.command} interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # anything else: one line here, the traceback in the run's log.txt
         if os.environ.get("VIDEOCONVMAE_DEBUG"):
             raise

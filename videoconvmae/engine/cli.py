@@ -22,40 +22,38 @@ class StopOnSignals:
     """SIGINT / SIGTERM set ``event``: the loop saves a checkpoint at the next step boundary and returns
     ``stopped``; a second signal exits at once without saving.
 
-    The signals are blocked in the main thread, hence in every DataLoader worker forked later (a worker killed by
-    Ctrl-C would crash the run before it can save), and taken by a watcher thread, as the launch layer does for
-    Slurm's signals (``launch/job.py``; that one also requeues, which a plain run has nobody to do).
+    Python-level handlers, not a blocked mask as in the launch layer (``launch/job.py``): forked DataLoader
+    workers inherit them, and a worker must neither die of the terminal's Ctrl-C (it reaches the whole process
+    group and would crash the run before it saves) nor survive the SIGTERM its DataLoader ends it with (a
+    blocked one left the process waiting for its workers forever at exit). So in a worker SIGINT is ignored
+    and SIGTERM does what it always does.
     """
 
-    SIGNALS = {signal.SIGINT, signal.SIGTERM}
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> StopOnSignals:
-        self.event, self.signum, self._done = threading.Event(), 0, threading.Event()
-        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
-        self._watcher.start()
+        self.event, self.signum, self._pid = threading.Event(), 0, os.getpid()
+        self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            info = signal.sigtimedwait(self.SIGNALS, 0.2)
-            if info is None:
-                continue
-            name = signal.Signals(info.si_signo).name
-            if self.event.is_set():
-                print(f"[signal] second {name}: exiting without saving", file=sys.stderr, flush=True)
-                os._exit(128 + info.si_signo)
-            self.signum = info.si_signo
-            print(f"[signal] {name}: saving a checkpoint at the next step boundary ({name} again exits at once)",
-                  file=sys.stderr, flush=True)
-            self.event.set()
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            print(f"[signal] second {name}: exiting without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"[signal] {name}: saving a checkpoint at the next step boundary ({name} again exits at once)",
+              file=sys.stderr, flush=True)
+        self.event.set()
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._watcher.join()
-        while signal.sigtimedwait(self.SIGNALS, 0) is not None:  # arrived as the run ended: nothing to stop
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _run(args: argparse.Namespace) -> int:

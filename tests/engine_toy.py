@@ -1,12 +1,15 @@
 """A toy masked autoencoder and dataset for the engine tests (importable by spawned processes)."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from videoconvmae.config import load_config
+from videoconvmae.engine.distributed import DistInfo
 from videoconvmae.engine.tasks import pretrain_loss
-from videoconvmae.engine.trainer import TaskParts
+from videoconvmae.engine.trainer import TaskParts, Trainer
 
 
 class ToyMAE(nn.Module):
@@ -72,6 +75,38 @@ def toy_parts(cfg, rank: int = 0, n: int = 64, random: bool = True):
     torch.manual_seed(cfg.train.seed + rank)
     gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
     return TaskParts(model=model, train_set=ToyData(n), loss_fn=pretrain_loss(gen), generators={"mask": gen})
+
+
+def train(cfg, stop_event=None, parts=None):
+    """(result, trainer) of one single-process toy run."""
+    parts = parts or toy_parts(cfg)
+    trainer = Trainer(cfg, parts, DistInfo())
+    return trainer.fit(stop_event), trainer
+
+
+def read_metrics(out_dir):
+    import json
+
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def hold_run(out_dir: str) -> None:
+    """A real toy run that announces its first step on stdout and then hangs inside it (lock tests)."""
+    import sys
+    import time
+
+    cfg = toy_config(out_dir)
+    parts = toy_parts(cfg)
+    inner = parts.loss_fn
+
+    def loss_fn(model, batch):
+        print("holding", flush=True)
+        time.sleep(300)
+        return inner(model, batch)
+
+    parts.loss_fn = loss_fn
+    sys.stdout.flush()
+    train(cfg, parts=parts)
 
 
 def ddp_worker(rank: int, world: int, port: int, out_dir: str, batch: int) -> None:

@@ -56,3 +56,31 @@ def test_cli_config_show(capsys):
     assert "mask_ratio: 0.5" in capsys.readouterr().out
     assert main(["config", "show", "model.bogus=1"]) == 2
     assert "unknown config key 'model.bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["data.batch_size=0"], "data.batch_size: expected an integer >= 1, got 0"),  # was a ZeroDivisionError
+    (["optim.betas=[0.9]"], "optim.betas: expected two values in [0, 1), got [0.9]"),  # was a zip / index error
+    (["model.mask_ratio=0"], "model.mask_ratio: expected a value in (0, 1)"),  # hid nothing: loss 0, grads 0
+    (["train.max_steps=0"], "train.max_steps: expected >= 1"),  # exported untrained weights as completed
+    (["train.max_steps=-1"], "train.max_steps: expected >= 1"),
+    (["data.input_size=40"], "data.input_size: expected a multiple of 16"),  # failed only after [start]
+    (["data.num_frames=5"], "data.num_frames: expected a multiple of model.tubelet=2"),
+    (["data.num_frames=6", "model.tubelet=4"], "data.num_frames: expected a multiple of model.tubelet=4"),
+])
+def test_values_no_run_can_use_are_one_line_errors(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sizes_are_checked_by_config_show(capsys):
+    assert main(["config", "show", "pretrain_k400_tiny", "data.input_size=72"]) == 2
+    assert "data.input_size: expected a multiple of 16 (the model's token size), got 72" in capsys.readouterr().err
+    assert load_config("pretrain_in1k_tiny", ["data.num_frames=5"]).data.num_frames == 5  # images: no frames
+
+
+def test_a_duplicate_key_in_a_preset_is_refused(tmp_path):
+    (tmp_path / "dup.yaml").write_text("optim:\n  lr: 1.0e-3\n  epochs: 2\n  lr: 1.0e-2\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML \(duplicate key 'lr' \(line 4\)\)"):
+        load_config(str(tmp_path / "dup.yaml"))

@@ -116,3 +116,26 @@ def test_missing_annotation_and_unknown_template(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([{"id": "1", "template": "Moving [something] down"}]))
     with pytest.raises(AnnotationError, match="'Moving something down' not in"):
         load_records(DataConfig(dataset="ssv2", train_annotation=str(tmp_path / "train.json")), "train")
+
+
+def test_a_bom_is_dropped_from_csv_rows_and_list_files(synth_root, tmp_path):
+    bom = "\ufeff"
+    for name in ("train.csv", "train.txt"):
+        (tmp_path / name).write_text(bom + (synth_root / "k400" / name).read_text(), encoding="utf-8")
+        plain, _ = load_records(_k400_cfg(synth_root, train_annotation=str(synth_root / "k400" / name)), "train")
+        with_bom, _ = load_records(_k400_cfg(synth_root, train_annotation=str(tmp_path / name)), "train")
+        assert with_bom == plain, name  # the first path is not "\ufeffk400/..." (was: missing)
+
+
+def test_a_label_id_typo_in_a_list_is_refused_not_a_1000_class_head(synth_root, tmp_path):
+    lines = (synth_root / "k400/train.txt").read_text().splitlines()
+    path, _ = lines[3].rsplit(None, 1)
+    lines[3] = f"{path} 999"
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnnotationError, match=rf"label ids are not 0..K-1 .*the largest is 999, of '{path}'"):
+        load_records(_k400_cfg(synth_root, train_annotation=str(tmp_path / "train.txt")), "train")
+    (tmp_path / "val.txt").write_text(f"{path} 7\n")  # a val id the train list does not have
+    cfg = _k400_cfg(synth_root, train_annotation=str(synth_root / "k400/train.txt"),
+                    val_annotation=str(tmp_path / "val.txt"))
+    with pytest.raises(AnnotationError, match=r"val.txt: label 7 of .* is not a class of the train list \(ids 0..4\)"):
+        load_records(cfg, "val")

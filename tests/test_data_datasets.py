@@ -294,3 +294,27 @@ def test_skip_stats_accumulate_and_restore():
     assert restored.as_dict() == stats.as_dict()
     with pytest.raises(DataError, match=r"skipped 2 of 6 reads \(33.3%: missing: 2\)"):
         restored.check(0.05)
+
+
+def test_a_slow_decode_changes_nothing(synth_root, monkeypatch):
+    """Slow (a loaded machine) is not hung: with the default limit the batch is exactly the fast one."""
+    import time
+
+    import videoconvmae.data.video as video_module
+
+    def seeded_batch():
+        random.seed(3), np.random.seed(3), torch.manual_seed(3)
+        return collate(ds.__getitems__([0, 4, 2]))
+
+    ds = build_dataset(_cfg(synth_root, decode_timeout_s=DataConfig().decode_timeout_s), "train", "pretrain")
+    fast = seeded_batch()
+    real_open = video_module.open_video
+
+    def slow_open(path, backend="decord"):
+        time.sleep(0.3)
+        return real_open(path, backend)
+
+    monkeypatch.setattr(video_module, "open_video", slow_open)
+    slow = seeded_batch()
+    assert slow["skips"] == {} and torch.equal(slow["input"], fast["input"])
+    assert torch.equal(slow["label"], fast["label"])

@@ -108,3 +108,71 @@ def test_read_clip_reports_timeout(ramp_files):
     with pytest.raises(UnreadableError) as err:
         read_clip(str(ramp_files["mp4"]), "decord", slow_choice, timeout_s=0.2)
     assert err.value.reason == "timeout"
+
+
+def test_an_image_renamed_to_mp4_is_not_a_one_frame_video(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.mp4"
+    Image.fromarray(_ramp_clip(1)[0]).save(path, format="JPEG")
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="photo.mp4: a JPEG image, not a video"):
+            open_video(path, backend)
+    with pytest.raises(UnreadableError) as err:
+        read_clip(str(path), "pyav", lambda n, fps: [0], timeout_s=30)
+    assert err.value.reason == "open_error" and "JPEG image" in err.value.detail
+
+
+def test_late_finishers_leave_the_hung_count(monkeypatch):
+    import videoconvmae.data.video as video_module
+
+    before = video_module._WATCHDOG.hung  # earlier tests' decodes that may still be sleeping
+    monkeypatch.setattr(video_module, "_MAX_HUNG", before + 2)
+    for _ in range(5):  # slow decodes that each come back: before, the 3rd ended the process
+        with pytest.raises(DecodeTimeout):
+            decode_with_timeout(lambda: time.sleep(0.3), timeout_s=0.05)
+        time.sleep(0.5)
+    assert video_module._WATCHDOG.hung <= before and decode_with_timeout(lambda: 7, timeout_s=1.0) == 7
+
+
+def test_decodes_hung_at_once_stop_the_process_naming_the_decoder(ramp_files, monkeypatch):
+    import videoconvmae.data.video as video_module
+
+    time.sleep(5)  # earlier tests' sleeping decodes come back first
+    before = video_module._WATCHDOG.hung
+    monkeypatch.setattr(video_module, "_MAX_HUNG", before + 2)
+
+    def stuck(n, fps):
+        time.sleep(2)
+        return [0]
+
+    for _ in range(2):
+        with pytest.raises(UnreadableError, match="timeout"):
+            read_clip(str(ramp_files["mp4"]), "pyav", stuck, timeout_s=0.05)
+    with pytest.raises(RuntimeError, match=rf"{before + 3} decodes \(data.decoder=pyav\) hung at once"):
+        read_clip(str(ramp_files["mp4"]), "pyav", stuck, timeout_s=0.05)
+    time.sleep(2.5)  # let them come back: the next tests start from a clean count
+    assert video_module._WATCHDOG.hung <= before
+
+
+def test_a_decode_queued_behind_a_hung_one_is_not_a_timeout():
+    from videoconvmae.data.video import start_decode
+
+    hung = start_decode(lambda: time.sleep(1.0), timeout_s=0.2)
+    queued = start_decode(lambda: 42, timeout_s=0.2)  # in the same thread's queue
+    with pytest.raises(DecodeTimeout):
+        hung()
+    assert queued() == 42  # moved to the fresh thread (before: stuck behind the hung decode, then a timeout)
+    time.sleep(1.0)
+
+
+def test_data_check_decodes_as_the_preset_does(tmp_path, capsys):
+    from videoconvmae.cli import main
+
+    encode_video(tmp_path / "narrow.mp4", _ramp_clip(w=48), fps=25)  # a width decord 0.6.0 cannot copy
+    (tmp_path / "list.txt").write_text("narrow.mp4 0\n")
+    args = ["data", "check", str(tmp_path / "list.txt"), "--report", str(tmp_path / "r")]
+    assert main([*args, f"data.root={tmp_path}"]) == 1  # the schema default, decord
+    assert "0 of 1 items readable with data.decoder=decord" in capsys.readouterr().out
+    assert main([*args, "pretrain_k400_tiny", f"data.root={tmp_path}"]) == 0  # the preset's pyav: what its run sees
+    assert "1 of 1 items readable with data.decoder=pyav" in capsys.readouterr().out

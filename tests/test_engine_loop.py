@@ -5,26 +5,11 @@ import threading
 
 import pytest
 import torch
-from engine_toy import ddp_worker, toy_config, toy_parts
+from engine_toy import ddp_worker, read_metrics, toy_config, toy_parts, train
 
 from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.engine.checkpoint import find_resume, list_checkpoints, load_checkpoint
-from videoconvmae.engine.distributed import DistInfo
-from videoconvmae.engine.trainer import NonFiniteLossError, Trainer
-
-ONE = DistInfo()
-
-
-def train(cfg, stop_event=None, parts=None):
-    parts = parts or toy_parts(cfg)
-    trainer = Trainer(cfg, parts, ONE)
-    return trainer.fit(stop_event), trainer
-
-
-def read_metrics(out_dir):
-    import json
-
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+from videoconvmae.engine.trainer import NonFiniteLossError
 
 
 def test_toy_loss_falls_and_logs(tmp_path):

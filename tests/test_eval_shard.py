@@ -111,3 +111,22 @@ def test_merge_refuses_a_video_in_two_shards(tmp_path):
                  class_names=NAMES, unreadable=[], run=_run(), shard={"index": 2, "count": 3})
     with pytest.raises(MergeError, match="also in"):
         merge_shards(dirs, tmp_path / "m")
+
+
+def test_merge_refuses_an_out_folder_holding_a_shard(tmp_path):
+    dirs = _write_shards(tmp_path, 3)
+    before = (dirs[1] / "metrics.json").read_text()
+    with pytest.raises(MergeError, match="that is a shard folder"):
+        merge_shards(dirs, dirs[1])
+    others = _write_shards(tmp_path / "other", 2)  # a shard of another evaluation
+    with pytest.raises(MergeError, match="holds the report of a shard of 2"):
+        merge_shards(dirs, others[0])
+    assert (dirs[1] / "metrics.json").read_text() == before
+
+
+def test_merge_names_a_corrupt_predictions_file(tmp_path):
+    dirs = _write_shards(tmp_path, 3)
+    npz = dirs[1] / "predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(MergeError, match=r"shard-1-of-3/predictions.npz: cannot read the predictions"):
+        merge_shards(dirs, tmp_path / "m")

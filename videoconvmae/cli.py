@@ -12,7 +12,11 @@ import importlib
 import os
 import re
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from videoconvmae.config import Config, ConfigError, describe_config, list_presets, load_config, to_yaml
 
@@ -32,6 +36,41 @@ COMMAND_MODULES = (
 
 class UserError(RuntimeError):
     """An error caused by the user's input; printed as one line without a traceback."""
+
+
+_failure_log: Path | None = None  # where an unexpected error's traceback goes (the run folder's log.txt)
+
+
+def set_failure_log(path: str | os.PathLike) -> None:
+    """Commands with a run folder call this once they know it: a crash's traceback is appended there."""
+    global _failure_log
+    _failure_log = Path(path)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. An error re-raised from a DataLoader worker carries the worker's whole
+    traceback in its message: its last line is the original error."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
+        return re.sub(r"^[\w.]+: ", "", lines[-1])
+    return lines[0]
+
+
+def _write_traceback(e: BaseException, command: str) -> str:
+    """Append the traceback to the run's log.txt (else a temp file); returns where it went."""
+    fallback = Path(tempfile.gettempdir()) / f"videoconvmae-{command}-{os.getpid()}.log"
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [error] {command} failed:\n{''.join(traceback.format_exception(e))}"
+    for path in dict.fromkeys(p for p in (_failure_log, fallback) if p is not None):
+        try:  # the run folder may be the disk that filled up
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return "nowhere: no writable log file"
 
 
 def add_config_args(parser: argparse.ArgumentParser, preset_required: bool = True) -> None:
@@ -172,8 +211,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input (preset, key, value, file, size) -> one line. Set VIDEOCONVMAE_DEBUG=1 for the traceback.
         if os.environ.get("VIDEOCONVMAE_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a training loop (which saves and exits on its own)
+        print(f"error: {args.command} interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else: one line here, the traceback in the run's log.txt
+        if os.environ.get("VIDEOCONVMAE_DEBUG"):
+            raise
+        log = _write_traceback(e, args.command)
+        print(f"error: {args.command} failed: {type(e).__name__}: {one_line(e)} (traceback in {log}; "
+              "VIDEOCONVMAE_DEBUG=1 re-raises)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

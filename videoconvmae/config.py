@@ -51,6 +51,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task: expected one of {'|'.join(TASKS)}, got {self.task!r}")
+        data = self.data  # sizes no model accepts fail here (also in `config show`), not after [start]
+        frames = (data.num_segments or data.num_frames) if data.dataset == "ssv2" else data.num_frames
+        self.model.check_input(data.input_size, None if data.dataset == "imagefolder" else frames)
 
 
 class ConfigError(ValueError):
@@ -81,12 +84,26 @@ def find_preset(name: str) -> Path:
     raise ConfigError(f"config preset {name!r} not found (looked in {', '.join(str(d) for d in config_dirs())})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line "
+                                                        f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """The chain of YAML dicts from the root ``_base_`` down to ``path``."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

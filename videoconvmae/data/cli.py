@@ -55,8 +55,9 @@ def _check(args: argparse.Namespace) -> int:
     cfg = check_config(args.annotation, list(args.words))
     result = check_annotation(cfg, args.annotation, report=args.report, workers=args.workers, frames=args.frames)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
-    emit(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable"
-         + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "") + f"; report: {result.report}")
+    emit(f"{args.annotation}: {result.total - len(result.bad)} of {result.total} items readable with "
+         f"data.decoder={cfg.decoder}" + (f"; unreadable {len(result.bad)} ({counts})" if result.bad else "")
+         + f"; report: {result.report}")
     return 1 if result.bad else 0
 
 

@@ -39,7 +39,16 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (RGB)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (RGB)
     max_skip_fraction: float = 0.05  # fail the run when more than this fraction of samples is unreadable
+    skip_check_min_reads: int = 500  # reads seen (all processes) before max_skip_fraction is checked mid-epoch
     max_retries: int = 10  # unreadable item: try this many deterministic replacements before failing
-    decode_timeout_s: float = 60.0  # a single video decode taking longer than this counts as unreadable; 0 = off
+    decode_timeout_s: float = 300.0  # a decode still running after this is hung: skipped and counted; 0 = off
     seed: int = 0  # seeds the deterministic choice of replacements for unreadable items
     limit_items: int | None = None  # use only the first N annotation items (debugging)
+
+    def __post_init__(self) -> None:
+        for key, value, low in (("batch_size", self.batch_size, 1), ("num_workers", self.num_workers, 0),
+                                ("skip_check_min_reads", self.skip_check_min_reads, 0)):
+            if value < low:
+                raise ValueError(f"data.{key}: expected an integer >= {low}, got {value}")
+        if self.limit_items is not None and self.limit_items < 1:
+            raise ValueError(f"data.limit_items: expected >= 1 or null, got {self.limit_items}")

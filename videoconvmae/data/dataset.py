@@ -53,7 +53,7 @@ def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], 
         except Exception as e:
             raise UnreadableError("decode_error", path, describe(e)) from None
 
-    return start_read(path, work, timeout_s)
+    return start_read(path, work, timeout_s, "PIL image decode")
 
 
 def read_image(path: str, timeout_s: float | None = None) -> np.ndarray:
@@ -125,24 +125,26 @@ class ClipDataset(Dataset):
         items = []
         pending = self.start_load(self.records[indices[0]]) if len(indices) else None
         for k, index in enumerate(indices):
-            frames, record, skips = self._wait_with_retries(index, pending)
+            frames, record, skips, bad_files = self._wait_with_retries(index, pending)
             pending = self.start_load(self.records[indices[k + 1]]) if k + 1 < len(indices) else None
             rows = batch[k * r:(k + 1) * r]
             for row in rows:
                 self.transform(frames, out=row.unsqueeze(1) if self.is_image else row)
             items.append({"input": rows[0] if r == 1 else rows, "label": record.label, "index": int(index),
-                          "num_clips": r, "skips": skips, "_batch": batch})
+                          "num_clips": r, "skips": skips, "skipped_files": bad_files, "_batch": batch})
         return items
 
     def _wait_with_retries(self, index: int, pending: Callable[[], np.ndarray]
-                           ) -> tuple[np.ndarray, VideoRecord, dict[str, int]]:
+                           ) -> tuple[np.ndarray, VideoRecord, dict[str, int], list[str]]:
         skips: Counter[str] = Counter()
+        bad_files: list[str] = []
         record = self.records[index]
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                return pending(), record, dict(skips)
+                return pending(), record, dict(skips), bad_files
             except UnreadableError as e:
                 skips[e.reason] += 1
+                bad_files.append(e.path)
                 last = e
             if attempt < self.cfg.max_retries:
                 record = self.records[self.replacement(index, attempt)]
@@ -202,8 +204,9 @@ def build_dataset(cfg: DataConfig, split: str, mode: str) -> ClipDataset:
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Items -> ``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: n}}``."""
-    inputs, labels, indices, skips = [], [], [], Counter()
+    """Items -> ``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: n},
+    "skipped_files": [path of each skipped read]}``."""
+    inputs, labels, indices, skips, bad_files = [], [], [], Counter(), []
     for item in items:
         r = item.get("num_clips", 1)
         x = item["input"]
@@ -211,12 +214,14 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         labels += [item["label"]] * r
         indices += [item["index"]] * r
         skips.update(item.get("skips", {}))
+        bad_files += item.get("skipped_files", [])
     batch = items[0].get("_batch") if items else None
     if not (batch is not None and all(item.get("_batch") is batch for item in items)
             and sum(len(x) for x in inputs) == len(batch) and inputs[0].data_ptr() == batch.data_ptr()):
         batch = torch.cat(inputs)  # items that were not augmented into one batch tensor together
     return {"input": batch, "label": torch.tensor(labels, dtype=torch.long),
-            "index": torch.tensor(indices, dtype=torch.long), "skips": {k: v for k, v in skips.items() if v}}
+            "index": torch.tensor(indices, dtype=torch.long), "skips": {k: v for k, v in skips.items() if v},
+            "skipped_files": bad_files}
 
 
 class SkipStats:
@@ -226,12 +231,16 @@ class SkipStats:
     batch (repeated-augmentation copies count once).
     """
 
+    KEEP_FILES = 100  # the worst files kept in a checkpoint
+
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.files: Counter[str] = Counter()  # skipped reads per file
         self.items = 0
 
     def update(self, batch: dict[str, Any]) -> None:
         self.counts.update({k: int(v) for k, v in batch.get("skips", {}).items()})
+        self.files.update(batch.get("skipped_files", []))
         self.items += int(torch.unique(batch["index"]).numel())
 
     @property
@@ -248,22 +257,34 @@ class SkipStats:
         return {"items": self.items, "skipped": self.skipped,
                 **{f"skipped/{k}": self.counts[k] for k in sorted(self.counts)}}
 
-    def summary(self) -> str:
+    def summary(self, items: int | None = None, skipped: int | None = None) -> str:
+        """'skipped S of N reads (P%: reason: n, ...)' of this process, or of the given run totals."""
+        items = self.items if items is None else items
+        skipped = self.skipped if skipped is None else skipped
         reasons = ", ".join(f"{k}: {self.counts[k]}" for k in SKIP_REASONS + tuple(
             sorted(set(self.counts) - set(SKIP_REASONS))) if self.counts[k])
-        return (f"skipped {self.skipped} of {self.items + self.skipped} reads ({100 * self.fraction:.1f}%"
+        fraction = skipped / (items + skipped) if items + skipped else 0.0
+        return (f"skipped {skipped} of {items + skipped} reads ({100 * fraction:.1f}%"
                 + (f": {reasons})" if reasons else ")"))
 
-    def check(self, max_fraction: float, min_reads: int = 0) -> None:
+    def check(self, max_fraction: float, min_reads: int = 0, totals: tuple[int, int] | None = None) -> None:
         """Raise DataError when the skipped fraction exceeds ``max_fraction`` (once ``min_reads`` reads were seen;
-        pass e.g. 100 when checking every step so one early bad batch does not end a run)."""
-        if self.items + self.skipped >= min_reads and self.fraction > max_fraction:
-            raise DataError(f"unreadable data: {self.summary()} exceeds data.max_skip_fraction={max_fraction}; "
-                            "run `videoconvmae data check ANNOTATION` to list the bad files")
+        pass e.g. 100 when checking every step so one early bad batch does not end a run). ``totals`` =
+        (items, skipped) over all processes when the caller summed them; default: this process's counts."""
+        items, skipped = totals if totals is not None else (self.items, self.skipped)
+        reads = items + skipped
+        if reads >= min_reads and reads and skipped / reads > max_fraction:
+            worst = ", ".join(f"{p} ({n}x)" for p, n in self.files.most_common(3))
+            raise DataError(f"unreadable data: {self.summary(items, skipped)} exceeds data.max_skip_fraction="
+                            f"{max_fraction}"
+                            f"{f'; worst: {worst}' if worst else ''}; run `videoconvmae data check ANNOTATION` "
+                            "to list the bad files")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "items": self.items}
+        return {"counts": dict(self.counts), "items": self.items,
+                "files": dict(self.files.most_common(self.KEEP_FILES))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counts, self.items = Counter(state.get("counts", {})), int(state.get("items", 0))
+        self.files = Counter(state.get("files", {}))
 

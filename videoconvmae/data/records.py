@@ -90,15 +90,15 @@ def _resolve(root: str, path: str) -> str:
 
 def _read_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM (Excel, Windows tools) is dropped
     except (OSError, UnicodeDecodeError) as e:
         raise AnnotationError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
 
 
 def _is_k400_csv(path: str) -> bool:
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline().lstrip("\ufeff")
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
     except (OSError, UnicodeDecodeError) as e:
         raise AnnotationError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     return tuple(c.strip() for c in first.split(",")[:4]) == K400_HEADER
@@ -127,7 +127,7 @@ def _labels_file_names(path: str) -> list[str]:
 
 
 def _k400_rows(path: str) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     for n, row in enumerate(rows, start=2):
         if any(not (row.get(k) or "").strip() for k in K400_HEADER):
@@ -205,13 +205,20 @@ def _read_list(cfg: DataConfig, path: str, split: str) -> tuple[list[VideoRecord
         raise AnnotationError(f"{path}: no items")
     if cfg.labels_file:
         names = _labels_file_names(cfg.labels_file)
-    else:  # ids only: as many classes as the largest id seen in this list and the train list
-        other = cfg.train_annotation if split != "train" and os.path.isfile(cfg.train_annotation or "") else None
-        top = max(label for _, label in items + (_parse_list(other) if other else []))
-        names = [str(i) for i in range(top + 1)]
+    else:  # ids only: the classes are the train list's ids, which must be 0..K-1 without a gap
+        train = cfg.train_annotation if split != "train" and os.path.isfile(cfg.train_annotation or "") else None
+        train_items = _parse_list(train) if train else items
+        ids = sorted({label for _, label in train_items})
+        if ids != list(range(len(ids))):
+            gap = next(i for i in range(len(ids) + 1) if i not in ids)
+            rel, top = max(((r, lab) for r, lab in train_items), key=lambda item: item[1])
+            raise AnnotationError(f"{train or path}: label ids are not 0..K-1 (no item has id {gap}; the largest is "
+                                  f"{top}, of {rel!r}); fix the label or declare the classes with data.labels_file")
+        names = [str(i) for i in ids]
     for rel, label in items:
         if label >= len(names):
-            raise AnnotationError(f"{path}: label {label} of {rel!r} >= number of classes {len(names)}")
+            raise AnnotationError(f"{path}: label {label} of {rel!r} is not a class of the train list (ids "
+                                  f"0..{len(names) - 1})")
     return [VideoRecord(rel, _resolve(cfg.root, rel), label) for rel, label in items], names
 
 

@@ -142,6 +142,13 @@ _READERS: dict[str, Callable[[str], VideoReader]] = {
 }
 
 
+IMAGE_SIGNATURES: dict[str, Callable[[bytes], bool]] = {
+    "JPEG": lambda b: b[:3] == b"\xff\xd8\xff", "PNG": lambda b: b[:8] == b"\x89PNG\r\n\x1a\n",
+    "GIF": lambda b: b[:4] == b"GIF8", "BMP": lambda b: b[:2] == b"BM",
+    "WebP": lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP",
+}
+
+
 def open_video(path: str | os.PathLike, backend: str = "decord") -> VideoReader:
     """Open ``path`` with ``backend`` (decord | pyav | torchcodec); raises on a missing / unreadable file."""
     if backend not in _READERS:
@@ -149,6 +156,11 @@ def open_video(path: str | os.PathLike, backend: str = "decord") -> VideoReader:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(12)
+    kind = next((name for name, test in IMAGE_SIGNATURES.items() if test(head)), None)
+    if kind is not None:  # ffmpeg would open it as a one-frame "video"
+        raise ValueError(f"{path}: a {kind} image, not a video")
     reader = _READERS[backend](path)
     if reader.num_frames <= 0:
         reader.close()
@@ -161,36 +173,51 @@ class DecodeTimeout(TimeoutError):
 
 
 T = TypeVar("T")
-_MAX_ABANDONED = 16  # hung decoder threads a process tolerates before it gives up
+_MAX_HUNG = 16  # decodes hung AT ONCE (abandoned, not yet returned) a process tolerates before it gives up
 
 
 class _DecodeThread:
     """A daemon thread running submitted functions in order (daemon: a hung decode never blocks exit, which a
     ThreadPoolExecutor thread would, as the interpreter joins those at shutdown)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_late_finish: Callable[[], None]) -> None:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.retired = False
+        self._on_late_finish = on_late_finish
         threading.Thread(target=self._loop, name="decode", daemon=True).start()
 
     def _loop(self) -> None:
         while True:
             job = self.jobs.get()
-            if job is None:
+            if job is not None:
+                fn, future = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as e:
+                        future.set_exception(e)
+            if self.retired:  # the abandoned decode came back after all: no longer hung
+                self._on_late_finish()
                 return
-            fn, future = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as e:
-                    future.set_exception(e)
 
     def submit(self, fn: Callable[[], T]) -> Future:
         future: Future = Future()
         self.jobs.put((fn, future))
         return future
 
-    def retire(self) -> None:
-        self.jobs.put(None)  # the thread ends after the job it is stuck in, if that ever returns
+    def retire(self) -> list:
+        """Stop taking jobs; returns the queued ones (for a fresh thread: they are not hung, only queued)."""
+        self.retired = True
+        queued = []
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                queued.append(job)
+        self.jobs.put(None)  # wakes the thread if it was idle after all
+        return queued
 
 
 class _Watchdog:
@@ -200,25 +227,33 @@ class _Watchdog:
     would cost milliseconds and a copy of every frame. The thread also lets a dataset decode the next item while
     it augments the current one (decoders and torch ops release the GIL). A Python thread cannot be killed, so a
     decode that hangs is abandoned (its thread keeps its memory until the decoder returns, if ever) and a fresh
-    thread serves the next decode; past ``_MAX_ABANDONED`` hung threads the process stops with a clear error
-    instead of leaking without bound. State is per process (DataLoader workers fork): the pid is checked.
+    thread serves the next decode (the jobs queued behind the hung one move to it). ``hung`` counts abandoned
+    decodes that have not returned; one that returns late is subtracted, so only decodes stuck at the same time
+    count: past ``_MAX_HUNG`` of them the process stops with a clear error instead of leaking without bound.
+    Every abandoned decode is still counted by the caller as a ``timeout`` skip. State is per process
+    (DataLoader workers fork): the pid is checked.
     """
 
     def __init__(self) -> None:
         self._pid = -1
         self._thread: _DecodeThread | None = None
-        self.abandoned = 0
+        self.hung = 0
+        self.abandoned = 0  # in total, for the record
         self._lock = threading.Lock()
+
+    def _late_finish(self) -> None:
+        with self._lock:
+            self.hung = max(0, self.hung - 1)
 
     def submit(self, fn: Callable[[], T]) -> tuple[Future, _DecodeThread]:
         with self._lock:
             if self._pid != os.getpid() or self._thread is None:
                 if self._pid != os.getpid():
-                    self.abandoned = 0
-                self._pid, self._thread = os.getpid(), _DecodeThread()
+                    self.hung = self.abandoned = 0
+                self._pid, self._thread = os.getpid(), _DecodeThread(self._late_finish)
             return self._thread.submit(fn), self._thread
 
-    def result(self, handle: tuple[Future, _DecodeThread], timeout_s: float) -> T:
+    def result(self, handle: tuple[Future, _DecodeThread], timeout_s: float, what: str = "decoder") -> T:
         future, thread = handle
         try:
             return future.result(timeout=timeout_s)
@@ -226,31 +261,34 @@ class _Watchdog:
             future.cancel()
             with self._lock:
                 if self._thread is thread:
-                    thread.retire()
-                    self._thread = None
+                    fresh = _DecodeThread(self._late_finish)
+                    for job in thread.retire():
+                        fresh.jobs.put(job)
+                    self._thread = fresh
+                    self.hung += 1
                     self.abandoned += 1
-                if self.abandoned > _MAX_ABANDONED:
-                    raise RuntimeError(f"{self.abandoned} video decodes hung past data.decode_timeout_s="
-                                       f"{timeout_s}; the decoder is stuck (try data.decoder=pyav)") from None
+                if self.hung > _MAX_HUNG:
+                    raise RuntimeError(f"{self.hung} decodes ({what}) hung at once past data.decode_timeout_s="
+                                       f"{timeout_s}; the decoder is stuck (try another data.decoder)") from None
             raise DecodeTimeout(f"decode took longer than data.decode_timeout_s={timeout_s}") from None
 
 
 _WATCHDOG = _Watchdog()
 
 
-def start_decode(fn: Callable[[], T], timeout_s: float | None) -> Callable[[], T]:
+def start_decode(fn: Callable[[], T], timeout_s: float | None, what: str = "decoder") -> Callable[[], T]:
     """Start ``fn()`` in the watchdog thread now; the returned ``wait()`` gives its result or raises
     ``DecodeTimeout`` once ``timeout_s`` passed while waiting. ``timeout_s`` None / 0: no thread, ``fn`` runs
-    inside ``wait()``."""
+    inside ``wait()``. ``what`` names the decoder in the error when decodes keep hanging."""
     if not timeout_s or timeout_s <= 0:
         return fn
     handle = _WATCHDOG.submit(fn)
-    return lambda: _WATCHDOG.result(handle, timeout_s)
+    return lambda: _WATCHDOG.result(handle, timeout_s, what)
 
 
-def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
+def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None, what: str = "decoder") -> T:
     """``fn()`` run in the watchdog thread; raises ``DecodeTimeout`` after ``timeout_s`` (None / 0 = no limit)."""
-    return start_decode(fn, timeout_s)()
+    return start_decode(fn, timeout_s, what)()
 
 
 SKIP_REASONS = ("missing", "empty", "open_error", "decode_error", "timeout")
@@ -279,7 +317,8 @@ def check_file(path: str) -> None:
         raise UnreadableError("empty", path, "zero bytes")
 
 
-def start_read(path: str, work: Callable[[], np.ndarray], timeout_s: float | None) -> Callable[[], np.ndarray]:
+def start_read(path: str, work: Callable[[], np.ndarray], timeout_s: float | None,
+               what: str = "decoder") -> Callable[[], np.ndarray]:
     """Start ``work`` (a decode of ``path`` raising UnreadableError) under the time limit; ``wait()`` -> frames."""
     try:
         check_file(path)
@@ -290,7 +329,7 @@ def start_read(path: str, work: Callable[[], np.ndarray], timeout_s: float | Non
             raise error
 
         return fail
-    wait = start_decode(work, timeout_s)
+    wait = start_decode(work, timeout_s, what)
 
     def result() -> np.ndarray:
         try:
@@ -324,7 +363,7 @@ def start_clip_read(path: str, backend: str, choose_indices: Callable[[int, floa
             raise UnreadableError("decode_error", path, f"got frames {frames.dtype} {tuple(frames.shape)}")
         return frames
 
-    return start_read(path, work, timeout_s)
+    return start_read(path, work, timeout_s, f"data.decoder={backend}")
 
 
 def read_clip(path: str, backend: str, choose_indices: Callable[[int, float], Sequence[int]],

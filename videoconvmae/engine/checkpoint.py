@@ -42,20 +42,30 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
     """``write(file_object)`` into a temp file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    return atomic_write_all([(path, write)])[0]
+
+
+def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[Any], None]]]) -> list[Path]:
+    """Several files that belong together: every temp file is written and fsync'ed before the first rename, so
+    a failed write (a full disk) leaves all of them as they were, never a mix of two runs."""
+    paths = [Path(p) for p, _ in files]
+    temps = [p.with_name(f".{p.name}.tmp{os.getpid()}") for p in paths]
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for tmp, (_, write) in zip(temps, files, strict=True):
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in zip(temps, paths, strict=True):
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+    for folder in dict.fromkeys(p.parent for p in paths):
+        _fsync_dir(folder)
+    return paths
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -123,9 +133,24 @@ def find_resume(output_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
-    for old in list_checkpoints(output_dir)[keep_last:]:
+def checkpoint_step(path: str | os.PathLike) -> int:
+    m = CKPT_PATTERN.fullmatch(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint-<step>.pt name")
+    return int(m.group(1))
+
+
+def prune_checkpoints(own: list[Path], keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` highest steps of ``own`` and return those kept.
+
+    ``own`` is this run's valid checkpoints (the one it resumed from, those before it, those it wrote): a
+    damaged file or another run's checkpoint in the folder is never a candidate, so it can neither push this
+    run's checkpoints out nor be deleted by it.
+    """
+    ranked = sorted(set(own), key=checkpoint_step, reverse=True)
+    for old in ranked[keep_last:]:
         old.unlink(missing_ok=True)
+    return ranked[:keep_last]
 
 
 # ---------------------------------------------------------------------------------------------- exported weights
@@ -133,8 +158,9 @@ def export_weights(state_dict: dict[str, torch.Tensor], config: dict, output_dir
                    stem: str = "weights") -> tuple[Path, Path]:
     """``weights.pt`` (``{"model", "config"}``, weights_only-loadable) and ``weights.safetensors``."""
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    pt = atomic_torch_save({"model": state, "config": config}, Path(output_dir) / f"{stem}.pt")
     # safetensors refuses tensors that share storage; clones make each one its own.
     data = safetensors_bytes({k: v.clone() for k, v in state.items()}, metadata={"config": json.dumps(config)})
-    st = atomic_write(Path(output_dir) / f"{stem}.safetensors", lambda f: f.write(data))
+    out = Path(output_dir)
+    pt, st = atomic_write_all([(out / f"{stem}.pt", lambda f: torch.save({"model": state, "config": config}, f)),
+                               (out / f"{stem}.safetensors", lambda f: f.write(data))])
     return pt, st

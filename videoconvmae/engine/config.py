@@ -30,6 +30,8 @@ class OptimConfig:
             raise ValueError(f"optim.accum_steps: expected >= 1, got {self.accum_steps}")
         if self.epochs < 1:
             raise ValueError(f"optim.epochs: expected >= 1, got {self.epochs}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas: expected two values in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -43,6 +45,8 @@ class TrainConfig:
     ckpt_every_steps: int = 1000  # write a checkpoint every N optimizer steps (and at the end)
     keep_last: int = 2  # checkpoints kept on disk
     resume: str = "auto"  # auto (newest valid checkpoint in output_dir) | none | path to a checkpoint
+    resume_changes: str = "refuse"  # refuse | apply: recipe keys that differ from the checkpoint's config
+    overwrite: bool = False  # train.resume=none into a folder holding another run: remove that run's files
     log_every_steps: int = 20  # JSONL / TensorBoard scalars every N steps
     eval_every_epochs: int = 1  # finetune / linprobe: validation every N epochs (and after the last)
     max_nonfinite_steps: int = 20  # stop after this many consecutive non-finite losses
@@ -60,5 +64,9 @@ class TrainConfig:
             raise ValueError(f"train.device: expected auto|cpu|cuda, got {self.device!r}")
         if self.dist_backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"train.dist_backend: expected auto|gloo|nccl, got {self.dist_backend!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps: expected >= 1 or null (= the whole schedule), got {self.max_steps}")
+        if self.resume_changes not in ("refuse", "apply"):
+            raise ValueError(f"train.resume_changes: expected refuse|apply, got {self.resume_changes!r}")
         if self.ckpt_every_steps < 1 or self.keep_last < 1:
             raise ValueError("train.ckpt_every_steps and train.keep_last: expected >= 1")

@@ -1,4 +1,6 @@
-"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars.
+"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars, and ``log.txt``: the
+printed event lines in plain text, the researcher-readable log beside ``metrics.jsonl`` (a crash's traceback
+is appended there by the CLI).
 
 Other ranks get a logger that does nothing, so the loop calls it unconditionally.
 """
@@ -30,11 +32,12 @@ class RunLogger:
         self.dir = Path(output_dir)
         self.bar = None
         self.tb = None
-        self.jsonl = None
+        self.jsonl = self.text = None
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.text = open(self.dir / "log.txt", "a")  # noqa: SIM115 (closed in close())
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, file=sys.stderr,
                             desc="train", unit="step")
@@ -52,6 +55,8 @@ class RunLogger:
         self.jsonl.flush()
         text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if not isinstance(v, (dict, list)))
         (self.bar.write if self.bar else print)(f"[{name}] {text}")
+        self.text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['time']))} [{name}] {text}\n")
+        self.text.flush()
         step = fields.get("step")
         if self.tb is not None and step is not None:
             for k, v in fields.items():
@@ -81,7 +86,8 @@ class RunLogger:
             self.tb.close()
         if self.jsonl is not None:
             self.jsonl.close()
-        self.bar = self.tb = self.jsonl = None
+            self.text.close()
+        self.bar = self.tb = self.jsonl = self.text = None
 
 
 def _fmt(value: Any) -> str:

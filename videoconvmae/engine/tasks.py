@@ -132,6 +132,15 @@ def dataset_num_classes(dataset: Dataset, cfg: Config) -> int:
     return len(load_records(cfg.data, "train")[1])
 
 
+def check_labels(dataset: Dataset, num_classes: int) -> None:
+    """Every label is an output of the head (else: a raw IndexError in the loss, mid-run)."""
+    records = getattr(dataset, "records", None) or []
+    worst = max(records, key=lambda r: r.label, default=None)
+    if worst is not None and not 0 <= worst.label < num_classes:
+        raise ConfigError(f"{getattr(dataset, 'annotation', 'dataset')}: label {worst.label} ({worst.path}) is not "
+                          f"one of the model's {num_classes} classes (the train annotation's; model.num_classes)")
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 def make_evaluator(cfg: Config, info: DistInfo, val_set: Dataset, collate_fn) -> Any:
     """Single-view top-1 on the val split; every rank takes a disjoint interleaved share, counts are summed."""
@@ -185,8 +194,10 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
         from timm.utils import ModelEmaV3
 
         parts.ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    check_labels(train_set, num_classes)
     if cfg.data.val_annotation:
         val_set = data_layer.build_dataset(cfg.data, "val", mode)
+        check_labels(val_set, num_classes)
         parts.evaluate = make_evaluator(cfg, info, val_set, data_layer.collate)
     return parts
 

@@ -29,6 +29,8 @@ from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum
 from videoconvmae.engine.logging import RunLogger
 from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, current_lr, plan_lr
+from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
+from videoconvmae.engine.rundir import RunLock, claim_folder, remove_stale_temp_files
 from videoconvmae.engine.sampler import ResumableSampler
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -133,8 +135,44 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, parts: TaskParts, dist_info: DistInfo) -> None:
-        self.cfg, self.parts, self.dist = cfg, parts, dist_info
-        self.out = Path(cfg.train.output_dir)
+        """Takes the output folder's run lock (released by ``fit`` / ``close``), then builds and resumes."""
+        self.cfg, self.dist, self.out = cfg, dist_info, Path(cfg.train.output_dir)
+        self.lock = RunLock(self.out)
+        self.notes = self._claim_output_dir()
+        try:
+            self._setup(cfg, parts, dist_info)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim_output_dir(self) -> list[str]:
+        """Rank 0 locks the folder, refuses another run's folder, removes a killed writer's temp files; every
+        rank gets the same verdict (a refusal on rank 0 alone would leave the others waiting forever)."""
+        notes: list[str] = []
+        error = ""
+        if self.dist.is_main:
+            try:
+                self.lock.acquire()
+                tc = self.cfg.train
+                notes = [self.lock.taken_over, claim_folder(self.out, tc.resume, tc.overwrite),
+                         *[f"removed {p.name} (left by a killed writer)" for p in remove_stale_temp_files(self.out)]]
+            except ConfigError as e:
+                self.lock.release()
+                error = str(e)
+        if self.dist.distributed:
+            box = [error]
+            torch.distributed.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise ConfigError(error)
+        return [n for n in notes if n]
+
+    def close(self) -> None:
+        """Release the output folder (idempotent)."""
+        self.lock.release()
+
+    def _setup(self, cfg: Config, parts: TaskParts, dist_info: DistInfo) -> None:
+        self.parts = parts
         check_precision(cfg.train.precision, dist_info.device)
         tc, oc = cfg.train, cfg.optim
         self.model = parts.model.to(dist_info.device)
@@ -160,6 +198,8 @@ class Trainer:
         self.nonfinite_run = 0
         self.items = SeededItems(parts.train_set, tc.seed)
         self.resumed_from: str | None = None
+        self.own_checkpoints: list[Path] = []  # this run's valid checkpoints: the only ones pruning may delete
+        self.resume_changes: list[tuple[str, Any, Any]] = []
         self._resume()
 
         wrapped: nn.Module = self.model
@@ -209,8 +249,13 @@ class Trainer:
         state = self.state_dict()
         path = ckpt_io.checkpoint_path(self.out, self.step)
         if self.dist.is_main:
-            ckpt_io.atomic_torch_save(state, path)
-            ckpt_io.prune_checkpoints(self.out, self.cfg.train.keep_last)
+            try:
+                ckpt_io.atomic_torch_save(state, path)
+            except OSError as e:
+                kept = self.own_checkpoints[0].name if self.own_checkpoints else "none"
+                raise RuntimeError(f"could not write checkpoint {path}: {e} (the previous checkpoint, {kept}, is "
+                                   "intact)") from e
+            self.own_checkpoints = ckpt_io.prune_checkpoints([path, *self.own_checkpoints], self.cfg.train.keep_last)
         if self.dist.distributed:
             torch.distributed.barrier()
         return path
@@ -222,6 +267,11 @@ class Trainer:
         if mode == "auto":
             found = ckpt_io.find_resume(self.out)
             if found is None:
+                damaged = ckpt_io.list_checkpoints(self.out)
+                if damaged:  # starting over from step 0 here would silently throw the run away
+                    raise ConfigError(f"train.resume=auto: none of the {len(damaged)} checkpoints in {self.out} "
+                                      f"loads (newest: {damaged[0].name}); move them away to start over, or "
+                                      "replace the run with train.resume=none train.overwrite=true")
                 return
             path, ckpt = found
         else:
@@ -232,9 +282,17 @@ class Trainer:
                 ckpt = ckpt_io.load_checkpoint(path)
             except Exception as e:
                 raise ConfigError(f"train.resume: cannot load {mode}: {str(e).splitlines()[0]}") from None
+        self._check_fits(path, ckpt)
+        self.resume_changes = check_resume_config(str(path), ckpt["config"], to_dict(self.cfg),
+                                                  self.cfg.train.resume_changes)
         self.model.load_state_dict(ckpt["model"])
+        # The optimizer's hyper-parameters (lr, betas, weight decay, layer scales) come from this run's config,
+        # its moments from the checkpoint; the schedule is a function of config and step, so it is rebuilt,
+        # never restored (a restored one keeps the old base lr and length: new steps past its end run at lr 0).
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(values)
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.parts.ema is not None and "ema" in ckpt:
             self.parts.ema.module.load_state_dict(ckpt["ema"])
@@ -252,6 +310,32 @@ class Trainer:
                           stacklevel=2)
             seed_everything(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
         self.resumed_from = str(path)
+        if path.parent.resolve() == self.out.resolve():
+            self.own_checkpoints = [p for p in ckpt_io.list_checkpoints(self.out)
+                                    if ckpt_io.checkpoint_step(p) <= self.step]
+
+    def _check_fits(self, path: Path, ckpt: dict) -> None:
+        """The checkpoint's model and optimizer state fit this run's, or one line naming what differs."""
+        mine, theirs = self.model.state_dict(), ckpt["model"]
+        other = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+                 if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+        missing, unexpected = [k for k in mine if k not in theirs], [k for k in theirs if k not in mine]
+        saved_groups = [len(g["params"]) for g in ckpt["optimizer"].get("param_groups", [])]
+        groups_differ = saved_groups != [len(g["params"]) for g in self.optimizer.param_groups]
+        old_optim = ckpt["config"].get("optim", {}).get("name", self.cfg.optim.name)
+        if old_optim != self.cfg.optim.name:  # another optimizer's state (moments vs momentum) cannot carry over
+            groups_differ = True
+        if not (other or missing or unexpected or groups_differ):
+            return
+        what = [f"{len(other)} tensors of another shape (e.g. {other[0]})" if other else "",
+                f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                "another optimizer or other parameter groups" if groups_differ else ""]
+        recipe, _ = config_changes(ckpt["config"], to_dict(self.cfg))
+        keys = [c for c in recipe if c[0].startswith(("model.", "optim.", "task"))] or recipe
+        raise ConfigError(f"train.resume: {path} does not fit this run ({'; '.join(w for w in what if w)}"
+                          f"{'; the config differs in ' + describe_changes(keys) if keys else ''}); start fresh "
+                          "with a new train.output_dir (or train.resume=none train.overwrite=true)")
 
     # ------------------------------------------------------------------------------------------- loop
     def _loader(self, epoch: int, in_epoch_steps: int) -> DataLoader:
@@ -303,10 +387,17 @@ class Trainer:
         # Ranks agree on skipping (a rank's NaN loss must not let the others step).
         # fp16: an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
         bad_grad = loss.new_zeros(()) if self.scaler.is_enabled() else (~torch.isfinite(grad_norm)).float()
-        flags = torch.stack([(~torch.isfinite(loss)).float(), bad_grad.to(loss.device),
-                             loss.nan_to_num(0.0, 0.0, 0.0)]).to(self.dist.device)
+        stats = self.parts.skip_stats
+        reads = [float(stats.items), float(stats.skipped)] if stats is not None else [0.0, 0.0]
+        flags = torch.cat([torch.stack([(~torch.isfinite(loss)).float(), bad_grad.to(loss.device),
+                                        loss.nan_to_num(0.0, 0.0, 0.0)]),
+                           torch.tensor(reads, device=loss.device)]).to(self.dist.device)
         all_reduce_sum(flags)
+        if stats is not None:  # every rank sees the run's totals, so all stop together
+            stats.check(self.cfg.data.max_skip_fraction, self.cfg.data.skip_check_min_reads,
+                        totals=(int(flags[3]), int(flags[4])))
         skipped = bool(flags[0] > 0 or flags[1] > 0)
+        finite_ranks = self.dist.world_size - int(flags[0])
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
@@ -317,11 +408,24 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.nonfinite_run = 0
+            if not self._weights_finite():
+                raise NonFiniteLossError(
+                    f"step {self.step + 1}: the weights became non-finite in the optimizer step (lr "
+                    f"{current_lr(self.optimizer):.4g}); nothing was exported; lower optim.lr or set "
+                    "optim.clip_grad and resume from the last checkpoint")
             if self.parts.ema is not None:
                 self.parts.ema.update(self.model, step=self.step)
-        return {"loss": float(loss), "loss_mean": float(flags[2]) / self.dist.world_size,
+        # A skipped step logs NaN when no rank had a finite loss, never a made-up 0.0.
+        loss_mean = float(flags[2]) / finite_ranks if finite_ranks else float("nan")
+        return {"loss": float(loss), "loss_mean": loss_mean,
                 "lr": current_lr(self.optimizer), "grad_norm": float(grad_norm), "clips": clips, "skipped": skipped,
                 **extras}
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """One sum per trained tensor (NaN / inf propagate into it): cheap next to a step."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return bool(torch.stack([p.sum() for p in params]).sum().isfinite()) if params else True
 
     def _stop_requested(self, stop_event: threading.Event | None) -> bool:
         flag = torch.tensor([1.0 if stop_event is not None and stop_event.is_set() else 0.0],
@@ -366,6 +470,10 @@ class Trainer:
                   warmup_steps=self.plan.warmup_steps, min_lr=self.plan.min_lr, world_size=self.dist.world_size,
                   params=n_params, trainable_params=n_train, resumed_from=self.resumed_from or "",
                   code_version=code_version())
+        for note in self.notes:
+            log.event("output_dir", note=note)
+        if self.resume_changes:
+            log.event("resume_changes", step=self.step, changes=describe_changes(self.resume_changes))
         status, metrics, last_ckpt = "completed", {}, None
         window_t, window_clips, window_steps = time.perf_counter(), 0, 0
         self._train_mode()
@@ -411,14 +519,20 @@ class Trainer:
                 last_ckpt = self.save_checkpoint()
             if self.dist.is_main:
                 export = self.parts.export_state or (lambda m: m.state_dict())
-                ckpt_io.export_weights(export(self.model), to_dict(self.cfg), self.out)
-                if self.parts.ema is not None:
-                    ckpt_io.export_weights(export(self.parts.ema.module), to_dict(self.cfg), self.out,
-                                           stem="weights_ema")
+                models = [("weights", self.model)] + ([("weights_ema", self.parts.ema.module)]
+                                                      if self.parts.ema is not None else [])
+                for stem, module in models:
+                    state = export(module)
+                    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+                    if bad:
+                        raise NonFiniteLossError(f"step {self.step}: {len(bad)} tensors of the {stem} are not "
+                                                 f"finite (e.g. {bad[0]}); not exported")
+                    ckpt_io.export_weights(state, to_dict(self.cfg), self.out, stem=stem)
             log.event("done", step=self.step, checkpoint=str(last_ckpt), nonfinite_steps=self.nonfinite_total)
             return self._result(status, last_ckpt, metrics)
         finally:
             log.close()
+            self.close()
 
     def _result(self, status: str, ckpt: Path | None, metrics: dict) -> dict:
         return {"status": status, "step": self.step, "checkpoint": str(ckpt) if ckpt else None,

@@ -67,8 +67,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.out:
         raise UserError("eval: --out belongs to `eval merge`; for a run use eval.out_dir=DIR")
     cfg = eval_config(args.words)
+    from videoconvmae.cli import set_failure_log
     from videoconvmae.data.records import AnnotationError
-    from videoconvmae.eval.multiview import run_eval
+    from videoconvmae.eval.multiview import output_dir, run_eval
+
+    set_failure_log(output_dir(cfg) / "log.txt")
 
     try:
         summary = run_eval(cfg)

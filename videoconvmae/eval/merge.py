@@ -50,6 +50,19 @@ def _check_complete(reports: list[tuple[Path, dict]]) -> None:
                          f"(got {len(seen)} of {count}: {', '.join(str(p) for p in seen.values())})")
 
 
+def _check_out_dir(out: Path, shards: list[Path]) -> None:
+    """The merged report must not overwrite a shard's own outputs."""
+    if any(out.resolve() == p.resolve() for p in shards):
+        raise MergeError(f"eval merge --out {out}: that is a shard folder (its report would be overwritten); "
+                         "choose another folder")
+    try:
+        count = read_report(out)["shard"]["count"] if (out / "metrics.json").is_file() else 1
+    except Exception:  # unreadable: not a shard report we could recognise; the merge may replace it
+        count = 1
+    if count > 1:
+        raise MergeError(f"eval merge --out {out}: it holds the report of a shard of {count}; choose another folder")
+
+
 def merge_shards(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> dict:
     """Merge shard output folders into ``out_dir`` (default: the parent of the first shard); the summary."""
     if not paths:
@@ -57,13 +70,19 @@ def merge_shards(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
     reports = [(Path(p), read_report(p)) for p in paths]
     _check_same_run(reports)
     _check_complete(reports)
+    out = Path(out_dir) if out_dir is not None else reports[0][0].parent
+    _check_out_dir(out, [p for p, _ in reports])
     reports.sort(key=lambda pr: pr[1]["shard"]["index"])
 
     ids: list[str] = []
     labels, scores, unreadable = [], [], []
     owner: dict[str, Path] = {}
     for path, rep in reports:
-        v, y, s = load_predictions(path / PREDICTIONS_NPZ)
+        try:
+            v, y, s = load_predictions(path / PREDICTIONS_NPZ)
+        except Exception as e:  # a truncated / foreign file: zipfile, numpy and KeyError all differ
+            raise MergeError(f"{path / PREDICTIONS_NPZ}: cannot read the predictions ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); rerun that shard") from None
         if len(v) != rep["num_evaluated"] or len(v) + len(rep["unreadable"]) != rep["num_assigned"]:
             raise MergeError(f"{path}: {PREDICTIONS_NPZ} holds {len(v)} predictions, metrics.json says "
                              f"{rep['num_evaluated']} evaluated")
@@ -81,7 +100,6 @@ def merge_shards(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
     if total is not None and len(owner) != total:
         raise MergeError(f"the shards cover {len(owner)} items, the evaluation set has {total}")
     k = len(reports[0][1]["class_names"])
-    out = Path(out_dir) if out_dir is not None else reports[0][0].parent
     summary = write_report(
         out, video_ids=ids, labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 LOSS_TARGETS = ("videomae", "mae", "pixel")
 POS_EMBEDS = ("fixed", "learnable")
 CONV_INITS = ("official", "transformer")
+TOKEN_PX = 16  # pixels per stage-3 token side (patch embeds 4 x 2 x 2), models/convmae.py
+DEFAULT_TUBELET = 2  # frames per token when model.tubelet is None, models/registry.py
 
 
 @dataclass
@@ -38,3 +40,15 @@ class ModelConfig:
                 raise ValueError(f"model.{key}: expected {'|'.join(allowed)}, got {value!r}")
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"model.conv_init: expected {'|'.join(CONV_INITS)}, got {self.conv_init!r}")
+        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:  # 0 hides nothing: loss and grads 0
+            raise ValueError(f"model.mask_ratio: expected a value in (0, 1), got {self.mask_ratio}")
+
+    def check_input(self, input_size: int, num_frames: int | None) -> None:
+        """Raise ValueError unless the model takes ``input_size`` px clips of ``num_frames`` (None: images):
+        sizes divisible by the stage-3 token (16 px; ``tubelet`` frames, arch default 2)."""
+        if input_size < TOKEN_PX or input_size % TOKEN_PX:
+            raise ValueError(f"data.input_size: expected a multiple of {TOKEN_PX} (the model's token size), got "
+                             f"{input_size}")
+        tubelet = self.tubelet or DEFAULT_TUBELET
+        if num_frames is not None and self.arch.startswith("video") and (num_frames < tubelet or num_frames % tubelet):
+            raise ValueError(f"data.num_frames: expected a multiple of model.tubelet={tubelet}, got {num_frames}")

@@ -103,7 +103,11 @@ def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
     parts = TaskParts(model=torch.nn.Linear(2, 2), train_set=[], loss_fn=None, evaluate=lambda m: {})
     with pytest.raises(ConfigError, match=r"^train.parallel=fsdp: supported for pretrain runs; task=finetune uses "
                                           r"in-training evaluation \(use train.parallel=ddp\)$"):
-        check_fsdp(cfg, parts)
+        check_fsdp(cfg, parts, torch.device("cpu"))
+    offload = load_config("pretrain_k400_tiny", ["train.parallel=fsdp", "train.fsdp_cpu_offload=true"])
+    with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: offloads accelerator memory to the CPU and "
+                                          "needs a CUDA device"):
+        check_fsdp(offload, TaskParts(model=torch.nn.Linear(2, 2), train_set=[], loss_fn=None), torch.device("cpu"))
     with pytest.raises(ValueError, match="train.parallel: expected ddp|fsdp"):
         load_config("pretrain_k400_tiny", ["train.parallel=zero3"])
     with pytest.raises((ValueError, ConfigError), match="train.fsdp_cpu_offload: only with train.parallel=fsdp"):

@@ -112,8 +112,11 @@ def autocast_for(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def check_fsdp(cfg: Config, parts: TaskParts) -> None:
+def check_fsdp(cfg: Config, parts: TaskParts, device: torch.device) -> None:
     """What ``train.parallel=fsdp`` does not cover yet, as one line (rather than a hang or a wrong export)."""
+    if cfg.train.fsdp_cpu_offload and device.type != "cuda":
+        raise ConfigError(f"train.fsdp_cpu_offload: offloads accelerator memory to the CPU and needs a CUDA "
+                          f"device (FSDP2's CPUOffloadPolicy); this run is on {device.type}")
     unsupported = [name for name, present in (("in-training evaluation", parts.evaluate is not None),
                                               ("EMA", parts.ema is not None),
                                               ("a custom weights export (linprobe)", parts.export_state is not None))
@@ -142,7 +145,7 @@ class Trainer:
         # resumes from and writes the same DCP folders)
         self.fsdp = tc.parallel == "fsdp"
         if self.fsdp:
-            check_fsdp(cfg, parts)
+            check_fsdp(cfg, parts, dist_info.device)
             if dist_info.distributed:
                 fsdp.shard_model(self.model, tc.precision, tc.fsdp_cpu_offload)  # before the optimizer sees it
 

@@ -41,20 +41,11 @@ QUICK_MODELS = ["convmae_tiny_pretrain", "videoconvmae_tiny_pretrain"]
 WORLD = 2
 
 
-def _vm_hwm() -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A ``key: N kB`` line of a /proc file, in bytes (None off Linux)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -94,7 +85,8 @@ def _worker(rank: int, name: str, mode: str, dtype: str, size: list[int], port: 
     from videoconvmae.models import create_model
 
     torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(int(os.environ.get("BENCH_STUCK_S", "1800")), exit=True)  # a stuck collective shows where, instead of hanging
+    # a stuck collective shows where it is stuck instead of hanging the bench
+    faulthandler.dump_traceback_later(int(os.environ.get("BENCH_STUCK_S", "1800")), exit=True)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     model = create_model(name)
@@ -109,7 +101,8 @@ def _worker(rank: int, name: str, mode: str, dtype: str, size: list[int], port: 
     loss = wrapped(x)["loss"]
     loss.float().backward()
     optimizer.step()
-    row = {"rank": rank, "state": state_bytes(model, optimizer), "peak": _vm_hwm(), "loss": float(loss.detach())}
+    row = {"rank": rank, "state": state_bytes(model, optimizer), "peak": _proc_bytes("/proc/self/status", "VmHWM"),
+           "loss": float(loss.detach())}
     rows: list = [None] * WORLD
     dist.all_gather_object(rows, row)
     if rank == 0:
@@ -125,12 +118,19 @@ def _case(name: str, mode: str, dtype: str, size: list[int]) -> list[dict]:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        code = ("import sys, torch.multiprocessing as mp; sys.path.insert(0, sys.argv[1]); import bench_fsdp_memory as b;"
-                " mp.spawn(b._worker, args=(sys.argv[2], sys.argv[3], sys.argv[4], [int(sys.argv[5]), int(sys.argv[6])],"
-                " int(sys.argv[7]), sys.argv[8]), nprocs=b.WORLD)")
-        subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), name, mode, dtype, str(size[0]),
-                        str(size[1]), str(port), str(out)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        # its own interpreter per case: one case's freed-but-kept heap must not count in the next one's peak
+        subprocess.run([sys.executable, __file__, "--case", name, mode, dtype, *map(str, size), str(port), str(out)],
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return json.loads(out.read_text())
+
+
+def _run_case(words: list[str]) -> int:
+    """``--case NAME MODE DTYPE FRAMES SIDE PORT OUT``: the 2 ranks of one case."""
+    import torch.multiprocessing as mp
+
+    name, mode, dtype, frames, side, port, out = words
+    mp.spawn(_worker, args=(name, mode, dtype, [int(frames), int(side)], int(port), out), nprocs=WORLD)
+    return 0
 
 
 def _n_params(name: str) -> int:
@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--input", nargs=2, type=int, default=None, metavar=("FRAMES", "SIDE"),
                         help="clip size (images use SIDE only); default 16 112, --quick 4 32")
+    parser.add_argument("--case", nargs=7, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.case:
+        return _run_case(args.case)
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
     size = args.input or ([4, 32] if args.quick else [16, 112])
     elem = 2 if args.dtype == "bf16" else 4
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         found: dict[str, dict] = {}
         for mode in ("ddp", "fsdp"):
             need = WORLD * n * elem * (5 if mode == "ddp" else 3)  # fsdp: its shards plus the gathered weights
-            available = _mem_available()
+            available = _proc_bytes("/proc/meminfo", "MemAvailable")
             if available is not None and need > 0.75 * available:
                 print(f"{name:30s} {n / 1e6:7.0f}M {mode:5s} skipped: needs ~{need / gb:.1f} GB, "
                       f"{available / gb:.1f} GB available")

@@ -1,4 +1,10 @@
-"""A real single-node Slurm for the launch tests: munged, MariaDB, slurmdbd, slurmctld and slurmd.
+"""A real Slurm for the launch tests: munged, MariaDB, slurmdbd, slurmctld and one slurmd per node.
+
+``LocalSlurm(root)`` is one node (``localhost``); ``LocalSlurm(root, nodes=2)`` runs two slurmd on this host as
+nodes ``n1`` / ``n2`` on 127.0.0.2 / 127.0.0.3 (Slurm's MultipleSlurmd), each in its own mount + UTS namespace
+with a private /etc/hosts that names both nodes and its own hostname, so that inside a job ``n1`` resolves (it
+is torch's MASTER_ADDR: the first host of the node list) without touching the host's /etc/hosts. Not real
+isolation: both nodes share the filesystem, /dev/shm, the PIDs and the cores.
 
 Every daemon runs as root (no systemd here) with its config, state, log and pid file under ONE folder,
 on free TCP ports, with its own munge socket and key, so it never touches /etc/slurm, /run/munge or
@@ -7,9 +13,9 @@ fails and submitit cannot tell that a cancelled job is over.
 
 Command line (from the repository root)::
 
-    python tests/slurm_cluster.py start [--dir DIR]   # prints `export SLURM_CONF=...`
+    python tests/slurm_cluster.py start [--dir DIR] [--nodes 2]   # prints `export SLURM_CONF=...`
     python tests/slurm_cluster.py status --dir DIR
-    python tests/slurm_cluster.py stop --dir DIR      # stops every daemon by its pid file
+    python tests/slurm_cluster.py stop --dir DIR      # stops every daemon by its pid file (and leftover steps)
 
 In pytest: ``cluster = LocalSlurm(tmp_dir).start()`` ... ``cluster.stop()``; ``unavailable_reason()`` says
 why the daemons cannot start here (not root, Debian packages missing), for a clear skip.
@@ -21,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -32,12 +39,13 @@ from pathlib import Path
 
 BINARIES = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd", "sacctmgr",
             "sinfo", "sbatch", "srun", "scontrol", "sacct")
+MULTI_NODE_BINARIES = ("unshare", "mount", "hostname")  # a private /etc/hosts and hostname per slurmd
 CLUSTER_NAME = "vcmtest"
 DB_PASSWORD = "vcm-slurm-test"
 
 
-def unavailable_reason() -> str | None:
-    """Why a local Slurm cannot be started on this machine, or None when it can."""
+def unavailable_reason(nodes: int = 1) -> str | None:
+    """Why a local Slurm of ``nodes`` nodes cannot be started on this machine, or None when it can."""
     if sys.platform != "linux":
         return f"a local Slurm needs Linux (this is {sys.platform})"
     if os.geteuid() != 0:
@@ -46,6 +54,10 @@ def unavailable_reason() -> str | None:
     if missing:
         return (f"Slurm / munge / MariaDB binaries missing ({', '.join(missing)}): "
                 "install slurm-wlm munge slurmdbd mariadb-server (tools/setup.sh)")
+    if nodes > 1:
+        missing = [b for b in MULTI_NODE_BINARIES if shutil.which(b) is None]
+        if missing:
+            return f"a {nodes}-node Slurm on one host needs {', '.join(missing)} (util-linux)"
     return None
 
 
@@ -81,9 +93,13 @@ class SlurmStartError(RuntimeError):
 
 
 class LocalSlurm:
-    """One single-node Slurm cluster living in ``root``."""
+    """One Slurm cluster of ``nodes`` nodes living in ``root`` (1: node ``localhost``; more: ``n1``, ``n2``, ...)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, nodes: int = 1):
+        if not 1 <= nodes <= 9:
+            raise ValueError(f"nodes: expected 1..9 (loopback addresses 127.0.0.2..10), got {nodes}")
+        self.nodes = nodes
+        self.node_names = ["localhost"] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.root = Path(root).resolve()
         self.conf = self.root / "etc" / "slurm.conf"
         self.dbd_conf = self.root / "etc" / "slurmdbd.conf"
@@ -102,9 +118,12 @@ class LocalSlurm:
         return {"SLURM_CONF": str(self.conf)}
 
     def pid_files(self) -> dict[str, Path]:
-        """Daemon name -> pid file, in start order."""
-        names = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+        """Daemon name -> pid file, in start order (``slurmd-n1``, ``slurmd-n2``, ... for several nodes)."""
+        names = ["munged", "mariadbd", "slurmdbd", "slurmctld", *self._slurmd_names()]
         return {name: self.run_dir / f"{name}.pid" for name in names}
+
+    def _slurmd_names(self) -> list[str]:
+        return ["slurmd"] if self.nodes == 1 else [f"slurmd-{n}" for n in self.node_names]
 
     def start(self, timeout_s: float = 90.0) -> LocalSlurm:
         reason = unavailable_reason()
@@ -114,13 +133,15 @@ class LocalSlurm:
                   self.root / "state", self.root / "spool"):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)  # munged refuses group/other-writable folders; clients must reach the socket
-        ctld_port, slurmd_port, dbd_port, db_port = _free_ports(4)
-        self.state_file.write_text(json.dumps({"ports": {"slurmctld": ctld_port, "slurmd": slurmd_port,
-                                                         "slurmdbd": dbd_port, "mariadb": db_port}}))
+        for node in self.node_names:
+            (self.root / "spool" / node).mkdir(exist_ok=True)
+        ctld_port, dbd_port, db_port, *slurmd_ports = _free_ports(3 + self.nodes)
+        self.state_file.write_text(json.dumps({"nodes": self.node_names, "ports": {
+            "slurmctld": ctld_port, "slurmd": slurmd_ports, "slurmdbd": dbd_port, "mariadb": db_port}}))
         try:
             self._start_munge()
             self._start_mariadb(db_port, timeout_s)
-            self._write_confs(ctld_port, slurmd_port, dbd_port, db_port)
+            self._write_confs(ctld_port, slurmd_ports, dbd_port, db_port)
             self._start_slurm(timeout_s)
         except BaseException:
             self.stop()
@@ -128,7 +149,7 @@ class LocalSlurm:
         return self
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Cancel this cluster's jobs, then stop every daemon by its pid file (newest first)."""
+        """Cancel this cluster's jobs, stop every daemon by its pid file (newest first), end leftover steps."""
         if self.conf.exists() and self._alive("slurmctld"):
             # a slurmd stopped while its steps still run (or with slurmctld gone) hangs for many seconds
             self.run("scancel", "--full", "--user", "root", check=False, timeout=30)
@@ -136,7 +157,7 @@ class LocalSlurm:
             while time.time() < deadline and self.run("squeue", "-h", check=False, timeout=10).stdout.strip():
                 time.sleep(0.2)
         # Newest first; the two at the end do not depend on each other and stop together.
-        for group in (("slurmd",), ("slurmctld",), ("slurmdbd",), ("mariadbd", "munged")):
+        for group in (tuple(self._slurmd_names()), ("slurmctld",), ("slurmdbd",), ("mariadbd", "munged")):
             pids = {name: self._pid(name) for name in group}
             for pid in filter(None, pids.values()):
                 with contextlib.suppress(ProcessLookupError):
@@ -149,19 +170,21 @@ class LocalSlurm:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 self.pid_files()[name].unlink(missing_ok=True)
-        for pid in self._orphan_stepds():  # a step whose job was requeued as slurmd stopped can outlive it
+        # A step whose job was requeued as slurmd stopped can outlive it, and so can the srun of a batch script.
+        for pid in self._leftover_steps():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def _orphan_stepds(self) -> list[int]:
-        """slurmstepd processes of THIS cluster (their environment names our slurm.conf)."""
-        mine = f"SLURM_CONF={self.conf}".encode()
+    def _leftover_steps(self) -> list[int]:
+        """slurmstepd and srun processes of THIS cluster (their environment names our slurm.conf)."""
+        mine = f"SLURM_CONF={self.conf}\0".encode()
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
-                if (proc / "comm").read_text().strip() == "slurmstepd" and mine in (proc / "environ").read_bytes():
+                if ((proc / "comm").read_text().strip() in ("slurmstepd", "srun")
+                        and mine in (proc / "environ").read_bytes()):
                     found.append(int(proc.name))
             except OSError:
                 continue
@@ -210,25 +233,38 @@ class LocalSlurm:
 
         self._wait(ready, timeout_s, "mariadbd", log)
 
-    def _write_confs(self, ctld_port: int, slurmd_port: int, dbd_port: int, db_port: int) -> None:
+    def _node_lines(self, slurmd_ports: list[int]) -> list[str]:
+        """slurmd's port / spool / pid / log lines and the NodeName + PartitionName lines."""
         cpus, mem_mb = _node_resources()
+        r, log, run = self.root, self.log_dir, self.run_dir
+        if self.nodes == 1:
+            return [f"SlurmdPort={slurmd_ports[0]}", f"SlurmdSpoolDir={r}/spool", f"SlurmdPidFile={run}/slurmd.pid",
+                    f"SlurmdLogFile={log}/slurmd.log",
+                    f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
+                    "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"]
+        # Every node claims all cores (Slurm drains a node that declares more than it has); memory is split.
+        lines = [f"SlurmdPort={slurmd_ports[0]}", f"SlurmdSpoolDir={r}/spool/%n", f"SlurmdPidFile={run}/slurmd-%n.pid",
+                 f"SlurmdLogFile={log}/slurmd-%n.log"]
+        for i, (node, port) in enumerate(zip(self.node_names, slurmd_ports)):
+            lines.append(f"NodeName={node} NodeAddr=127.0.0.{i + 2} NodeHostname={node} Port={port} CPUs={cpus} "
+                         f"RealMemory={max(1000, mem_mb // self.nodes)} State=UNKNOWN")
+        lines.append(f"PartitionName=debug Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE State=UP")
+        return lines
+
+    def _write_confs(self, ctld_port: int, slurmd_ports: list[int], dbd_port: int, db_port: int) -> None:
         r, log, run = self.root, self.log_dir, self.run_dir
         self.conf.write_text("\n".join([
             f"ClusterName={CLUSTER_NAME}",
             "SlurmctldHost=localhost",
             f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={slurmd_port}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             f"AuthInfo=socket={self.munge_socket}",
             "CredType=cred/munge",
             f"StateSaveLocation={r}/state",
-            f"SlurmdSpoolDir={r}/spool",
             f"SlurmctldPidFile={run}/slurmctld.pid",
-            f"SlurmdPidFile={run}/slurmd.pid",
             f"SlurmctldLogFile={log}/slurmctld.log",
-            f"SlurmdLogFile={log}/slurmd.log",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -247,8 +283,7 @@ class LocalSlurm:
             "MinJobAge=300",
             "SchedulerType=sched/backfill",
             "SchedulerParameters=sched_interval=1",
-            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            *self._node_lines(slurmd_ports),
             "",
         ]))
         self.dbd_conf.write_text("\n".join([
@@ -280,13 +315,35 @@ class LocalSlurm:
 
         self._wait(cluster_added, timeout_s, "slurmdbd", self.log_dir / "slurmdbd.log")
         self._spawn("slurmctld", [_which("slurmctld"), "-f", str(self.conf), "-i"], daemonizes=True, env=env)
-        self._spawn("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], daemonizes=True, env=env)
+        if self.nodes == 1:
+            self._spawn("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], daemonizes=True, env=env)
+        else:
+            self._start_node_slurmds(env)
 
         def idle() -> bool:
             r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False, timeout=10)
-            return r.returncode == 0 and r.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated")
+            states = [s.rstrip("*") for s in r.stdout.split()]
+            return (r.returncode == 0 and len(states) == self.nodes
+                    and all(s in ("idle", "mixed", "allocated") for s in states))
 
-        self._wait(idle, timeout_s, "slurmctld / slurmd", self.log_dir / "slurmd.log")
+        log = self.log_dir / ("slurmd.log" if self.nodes == 1 else f"slurmd-{self.node_names[-1]}.log")
+        self._wait(idle, timeout_s, "slurmctld / slurmd", log)
+
+    def _start_node_slurmds(self, env: dict[str, str]) -> None:
+        """One slurmd per node, each seeing a private /etc/hosts (both nodes named) and its own hostname."""
+        hosts = self.root / "etc" / "hosts"
+        base = "127.0.0.1 localhost\n"
+        with contextlib.suppress(OSError):
+            base = Path("/etc/hosts").read_text()
+        hosts.write_text(base.rstrip("\n") + "\n" + "".join(f"127.0.0.{i + 2} {node}\n"
+                                                           for i, node in enumerate(self.node_names)))
+        hosts.chmod(0o644)
+        for node in self.node_names:
+            # --propagation private: the bind mount stays inside this namespace; jobs of the node inherit it
+            script = (f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && hostname {node} && "
+                      f"exec {shlex.quote(_which('slurmd'))} -f {shlex.quote(str(self.conf))} -N {node}")
+            self._spawn(f"slurmd-{node}", ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c",
+                                           script], daemonizes=True, env=env)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _client_env(self) -> dict[str, str]:
@@ -350,13 +407,18 @@ def _pid_alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="start / stop a real single-node Slurm under one folder")
+    parser = argparse.ArgumentParser(description="start / stop a real Slurm (1 or more nodes) under one folder")
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--dir", help="cluster folder (start: default a new temp folder)")
+    parser.add_argument("--nodes", type=int, default=None, help="start: number of nodes (default 1)")
     args = parser.parse_args(argv)
     if args.action != "start" and not args.dir:
         parser.error(f"{args.action} needs --dir")
-    cluster = LocalSlurm(args.dir or tempfile.mkdtemp(prefix="vcm-slurm-"))
+    nodes = args.nodes
+    if nodes is None:  # stop / status: the node count the cluster was started with
+        state = Path(args.dir or ".", "cluster.json")
+        nodes = len(json.loads(state.read_text()).get("nodes", [1])) if state.is_file() else 1
+    cluster = LocalSlurm(args.dir or tempfile.mkdtemp(prefix="vcm-slurm-"), nodes=nodes)
     if args.action == "start":
         t0 = time.time()
         try:

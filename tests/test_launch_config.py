@@ -38,6 +38,8 @@ def test_cpu_job_has_one_task_and_no_gpu_or_memory_flags():
     p = executor_parameters(_slurm("slurm.gpus_per_node=0"))
     assert p["tasks_per_node"] == 1
     assert "gpus_per_node" not in p and "mem_gb" not in p and "slurm_partition" not in p
+    assert executor_parameters(_slurm("slurm.gpus_per_node=0", "slurm.tasks_per_node=2"))["tasks_per_node"] == 2
+    assert executor_parameters(_slurm("slurm.tasks_per_node=8"))["tasks_per_node"] == 8
 
 
 def test_job_folder_lives_under_the_run(tmp_path):
@@ -52,6 +54,8 @@ def test_job_folder_lives_under_the_run(tmp_path):
     ("slurm.nodes=0", "slurm.nodes: expected a positive integer"),
     ("slurm.gpus_per_node=-1", "slurm.gpus_per_node: expected an integer >= 0"),
     ("slurm.extra=[exclude]", "slurm.extra: expected sbatch options as key=value"),
+    ("slurm.tasks_per_node=4", "slurm.tasks_per_node: one task per GPU, expected 0 or 8 (slurm.gpus_per_node), got 4"),
+    ("slurm.tasks_per_node=-1", "slurm.tasks_per_node: expected an integer >= 0"),
 ])
 def test_bad_resources_are_one_line(override, message):
     s = load_config(None, ["slurm.cluster=debug", override]).slurm

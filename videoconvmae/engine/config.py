@@ -54,6 +54,8 @@ class TrainConfig:
     ema_decay: float = 0.9999  # EMA decay per step
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
     find_unused_parameters: bool = False  # DDP: allow parameters that get no gradient in a step
+    parallel: str = "ddp"  # ddp (replicated weights) | fsdp (FSDP2: sharded weights, checkpoint-<step>.dcp folders)
+    fsdp_cpu_offload: bool = False  # fsdp: keep sharded parameters / gradients / optimizer state in CPU memory
     progress: bool = True  # tqdm progress line on rank 0
     tensorboard: bool = True  # write TensorBoard scalars to <output_dir>/tb on rank 0
 
@@ -68,5 +70,9 @@ class TrainConfig:
             raise ValueError(f"train.max_steps: expected >= 1 or null (= the whole schedule), got {self.max_steps}")
         if self.resume_changes not in ("refuse", "apply"):
             raise ValueError(f"train.resume_changes: expected refuse|apply, got {self.resume_changes!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel: expected ddp|fsdp, got {self.parallel!r}")
+        if self.fsdp_cpu_offload and self.parallel != "fsdp":
+            raise ValueError("train.fsdp_cpu_offload: only with train.parallel=fsdp")
         if self.ckpt_every_steps < 1 or self.keep_last < 1:
             raise ValueError("train.ckpt_every_steps and train.keep_last: expected >= 1")

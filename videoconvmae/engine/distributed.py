@@ -1,15 +1,15 @@
 """Process-group setup. ``init_distributed`` is the ONE place that reads torchrun and Slurm variables.
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a Slurm task (srun, or a submitit
-job) has SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_JOB_NODELIST instead. torchrun's win when
-both are present (torchrun inside an sbatch script). The engine never imports the launch layer.
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and so does the launch layer for a
+submitit job (submitit's TorchDistributedEnvironment); a plain ``srun`` task (the slurm/ sbatch templates) has
+SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_JOB_NODELIST instead. torchrun's win when both are present
+(torchrun inside an sbatch script). The engine never imports the launch layer and runs no Slurm tool.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +37,8 @@ class DistInfo:
 def expand_nodelist(nodelist: str) -> list[str]:
     """``node[01-03,07],gpu5`` -> ``[node01, node02, node03, node07, gpu5]`` (Slurm's compressed host list).
 
-    Written here (no scontrol needed) so the master address is known inside containers without Slurm tools.
+    Parsed here rather than with ``scontrol show hostnames``: the engine runs no Slurm tool (a container may have
+    none) and only reads the variables a plain ``srun`` task gets (the slurm/ sbatch templates).
     """
     hosts: list[str] = []
     for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,\[]*", nodelist):
@@ -54,14 +55,6 @@ def expand_nodelist(nodelist: str) -> list[str]:
             for i in range(int(lo), int(hi) + 1):
                 hosts.append(f"{prefix}{str(i).zfill(len(lo))}{suffix}")
     return hosts
-
-
-def _first_host(nodelist: str) -> str:
-    hosts = expand_nodelist(nodelist)
-    if hosts:
-        return hosts[0]
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
 
 
 def _env_int(env: dict, *names: str, default: int) -> int:
@@ -83,7 +76,7 @@ def read_env(env: dict | None = None) -> dict:
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
         local = _env_int(env, "SLURM_LOCALID", default=0)
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-        addr = env.get("MASTER_ADDR") or _first_host(nodelist)
+        addr = env.get("MASTER_ADDR") or (expand_nodelist(nodelist) or ["127.0.0.1"])[0]
         # A per-job port lets two jobs share a node; an explicit MASTER_PORT wins.
         port = _env_int(env, "MASTER_PORT", default=DEFAULT_PORT + int(env.get("SLURM_JOB_ID", "0")) % 10000)
     else:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from videoconvmae.config import Config, ConfigError, code_version, save_config, to_dict
 from videoconvmae.engine import checkpoint as ckpt_io
-from videoconvmae.engine.distributed import DistInfo, all_reduce_sum
+from videoconvmae.engine import fsdp
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, broadcast_object
 from videoconvmae.engine.logging import RunLogger
 from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, current_lr, plan_lr
 from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
@@ -127,6 +128,20 @@ def autocast_for(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def check_fsdp(cfg: Config, parts: TaskParts, device: torch.device) -> None:
+    """What ``train.parallel=fsdp`` does not cover yet, as one line (rather than a hang or a wrong export)."""
+    if cfg.train.fsdp_cpu_offload and device.type != "cuda":
+        raise ConfigError(f"train.fsdp_cpu_offload: offloads accelerator memory to the CPU and needs a CUDA "
+                          f"device (FSDP2's CPUOffloadPolicy); this run is on {device.type}")
+    unsupported = [name for name, present in (("in-training evaluation", parts.evaluate is not None),
+                                              ("EMA", parts.ema is not None),
+                                              ("a custom weights export (linprobe)", parts.export_state is not None))
+                   if present]
+    if unsupported:
+        raise ConfigError(f"train.parallel=fsdp: supported for pretrain runs; task={cfg.task} uses "
+                          f"{', '.join(unsupported)} (use train.parallel=ddp)")
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA device (loss scaling); use train.precision=bf16 "
@@ -178,6 +193,13 @@ class Trainer:
         self.model = parts.model.to(dist_info.device)
         if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
             self.model.set_grad_checkpointing(True)
+        # fsdp: DCP checkpoints always; sharding needs 2+ processes (one process trains the plain model, which
+        # resumes from and writes the same DCP folders)
+        self.fsdp = tc.parallel == "fsdp"
+        if self.fsdp:
+            check_fsdp(cfg, parts, dist_info.device)
+            if dist_info.distributed:
+                fsdp.shard_model(self.model, tc.precision, tc.fsdp_cpu_offload)  # before the optimizer sees it
 
         self.batch_size, self.accum = cfg.data.batch_size, oc.accum_steps
         self.sampler = ResumableSampler(len(parts.train_set), dist_info.rank, dist_info.world_size, shuffle=True,
@@ -203,12 +225,12 @@ class Trainer:
         self._resume()
 
         wrapped: nn.Module = self.model
-        if dist_info.distributed:
+        if dist_info.distributed and not self.fsdp:
             ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             wrapped = DistributedDataParallel(self.model, device_ids=ids,
                                               find_unused_parameters=tc.find_unused_parameters or
                                               parts.find_unused_parameters)
-        self.ddp = wrapped if dist_info.distributed else None
+        self.ddp = wrapped if wrapped is not self.model else None
         self.forward_model = torch.compile(wrapped) if tc.compile else wrapped
 
     # ------------------------------------------------------------------------------------------- state
@@ -245,8 +267,13 @@ class Trainer:
         return state
 
     def save_checkpoint(self) -> Path:
-        """Every rank takes part (RNG gather); rank 0 writes."""
+        """Every rank takes part (RNG gather); rank 0 writes (fsdp: every rank writes its shard)."""
         state = self.state_dict()
+        if self.fsdp:
+            for key in ("model", "optimizer"):  # in the DCP shards instead
+                state.pop(key)
+            return fsdp.save_checkpoint(self.out, self.step, self.model, self.optimizer, state,
+                                        self.cfg.train.keep_last)
         path = ckpt_io.checkpoint_path(self.out, self.step)
         if self.dist.is_main:
             try:
@@ -263,6 +290,9 @@ class Trainer:
     def _resume(self) -> None:
         mode = self.cfg.train.resume
         if mode == "none":
+            return
+        if self.fsdp:
+            self._resume_dcp(mode)
             return
         if mode == "auto":
             found = ckpt_io.find_resume(self.out)
@@ -293,6 +323,32 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
             group.update(values)
+        self._restore(path, ckpt)
+
+    def _resume_dcp(self, mode: str) -> None:
+        """fsdp: the newest complete ``checkpoint-<step>.dcp`` (auto) or the given folder; resharded on load."""
+        if mode == "auto":
+            found = broadcast_object(fsdp.find_resume(self.out))  # every rank loads the same one
+            if found is None:
+                return
+            path = Path(found)
+        else:
+            path = Path(mode)
+            if not fsdp.is_complete(path):
+                raise ConfigError(f"train.resume: {mode!r} is not a complete DCP checkpoint folder (.metadata "
+                                  f"and {fsdp.STATE_FILE}; train.parallel=fsdp resumes from checkpoint-*.dcp)")
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        ckpt = fsdp.load_checkpoint(path, self.model, self.optimizer)
+        if "config" in ckpt:
+            self.resume_changes = check_resume_config(str(path), ckpt["config"], to_dict(self.cfg),
+                                                      self.cfg.train.resume_changes)
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):  # as in _resume
+            group.update(values)
+        self._restore(path, ckpt)
+
+    def _restore(self, path: Path, ckpt: dict) -> None:
+        """Everything but the model and optimizer: scaler, EMA, step, skip counts, RNG streams. The schedule is
+        rebuilt from this run's config and the step, never restored (see ``_resume``)."""
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.parts.ema is not None and "ema" in ckpt:
             self.parts.ema.module.load_state_dict(ckpt["ema"])
@@ -370,7 +426,11 @@ class Trainer:
             batch = _to_device(batch, self.dist.device)
             clips += len(batch["input"])
             last = k == self.accum - 1
-            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            sync = contextlib.nullcontext()
+            if not last and self.ddp is not None:
+                sync = self.ddp.no_sync()
+            elif not last and fsdp.is_sharded(self.model):
+                sync = fsdp.no_gradient_sync(self.model)
             with sync:
                 with autocast_for(tc.precision, self.dist.device):
                     loss, extra = self.parts.loss_fn(self.forward_model, batch)
@@ -384,6 +444,7 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = oc.clip_grad if oc.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else loss.new_zeros(())
+        grad_norm = fsdp.full_value(grad_norm)  # fsdp: the norm over every shard
         # Ranks agree on skipping (a rank's NaN loss must not let the others step).
         # fp16: an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
         bad_grad = loss.new_zeros(()) if self.scaler.is_enabled() else (~torch.isfinite(grad_norm)).float()
@@ -515,14 +576,15 @@ class Trainer:
                 del batches
                 if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
                     metrics.update(self._epoch_end(epoch, log))
-            if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}.pt"):
+            if last_ckpt is None or not last_ckpt.name.startswith(f"checkpoint-{self.step:08d}."):
                 last_ckpt = self.save_checkpoint()
+            full = fsdp.full_state_dict(self.model) if fsdp.is_sharded(self.model) else None  # every rank gathers
             if self.dist.is_main:
                 export = self.parts.export_state or (lambda m: m.state_dict())
                 models = [("weights", self.model)] + ([("weights_ema", self.parts.ema.module)]
                                                       if self.parts.ema is not None else [])
                 for stem, module in models:
-                    state = export(module)
+                    state = full if (full is not None and stem == "weights") else export(module)
                     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
                     if bad:
                         raise NonFiniteLossError(f"step {self.step}: {len(bad)} tensors of the {stem} are not "

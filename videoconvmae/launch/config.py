@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 class SlurmConfig:
     cluster: str = "slurm"  # slurm | local (subprocesses on this machine) | debug (in this process): same job
     nodes: int = 1  # nodes per job
-    gpus_per_node: int = 8  # GPUs per node, a task each; 0 = CPU job, one task per node (train.device=cpu: default 0)
+    gpus_per_node: int = 8  # GPUs per node, a task each; 0 = CPU job (train.device=cpu: default 0)
+    tasks_per_node: int = 0  # ranks per node; 0 = one per GPU (a CPU job: 1); with GPUs: 0 or gpus_per_node
     cpus_per_task: int = 10  # CPU cores per task (data workers + main)
     mem_gb: int = 0  # memory per node in GB; 0 = the cluster's default
     partition: str = ""  # Slurm partition; '' = the cluster's default

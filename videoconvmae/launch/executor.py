@@ -2,7 +2,9 @@
 
 ``slurm.cluster=slurm`` submits with sbatch; ``local`` runs the same pickled job in subprocesses on this
 machine (submitit's LocalExecutor, with its time-limit signal); ``debug`` runs it in this process at
-``job.result()``. One task per GPU (``tasks_per_node = gpus_per_node``); a CPU job has one task per node.
+``job.result()``. One task per GPU (``tasks_per_node = gpus_per_node``); a CPU job has ``slurm.tasks_per_node``
+tasks per node (default 1). A multi-node job is ``slurm.nodes`` x that many ranks; the rendezvous comes from the
+job itself (job.py).
 The job folder (pickles and ``%j`` logs) lives under the run's output folder unless ``slurm.folder`` says
 otherwise; nothing here knows a cluster path.
 """
@@ -29,9 +31,12 @@ def check_slurm_config(s: SlurmConfig) -> None:
     for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
         if getattr(s, key) < 1:
             raise ConfigError(f"slurm.{key}: expected a positive integer, got {getattr(s, key)}")
-    for key in ("gpus_per_node", "mem_gb", "signal_delay_s", "array", "max_num_timeout"):
+    for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "signal_delay_s", "array", "max_num_timeout"):
         if getattr(s, key) < 0:
             raise ConfigError(f"slurm.{key}: expected an integer >= 0, got {getattr(s, key)}")
+    if s.gpus_per_node > 0 and s.tasks_per_node not in (0, s.gpus_per_node):
+        raise ConfigError(f"slurm.tasks_per_node: one task per GPU, expected 0 or {s.gpus_per_node} "
+                          f"(slurm.gpus_per_node), got {s.tasks_per_node}")
     if s.cluster == "local" and s.nodes != 1:
         raise ConfigError(f"slurm.nodes: slurm.cluster=local runs on this machine only, expected 1, got {s.nodes}")
     extra_options(s)
@@ -40,8 +45,10 @@ def check_slurm_config(s: SlurmConfig) -> None:
 
 
 def tasks_per_node(s: SlurmConfig) -> int:
-    """One task per GPU; a CPU job runs one task per node."""
-    return s.gpus_per_node if s.gpus_per_node > 0 else 1
+    """One task per GPU; a CPU job runs ``slurm.tasks_per_node`` tasks per node (0 = 1)."""
+    if s.gpus_per_node > 0:
+        return s.gpus_per_node
+    return max(1, s.tasks_per_node)
 
 
 def extra_options(s: SlurmConfig) -> dict[str, str]:

@@ -76,26 +76,37 @@ def _submitit_environment() -> submitit.JobEnvironment | None:
     return submitit.JobEnvironment()
 
 
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _set_rank_environment(env: submitit.JobEnvironment | None) -> None:
-    """Make the engine's init_distributed see this job's ranks, not variables inherited from the submitting shell.
+    """Export this task's torch rendezvous (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) for the engine.
 
-    sbatch and the local executor copy the caller's environment; a RANK or MASTER_ADDR left there (a torchrun
-    shell, a login node's exports) would win over Slurm's variables in init_distributed, so a Slurm job drops
-    them and lets init_distributed read SLURM_PROCID / SLURM_NTASKS / the node list itself. A multi-task
-    ``local`` job has no Slurm variables: it gets the torchrun ones from submitit's job environment.
+    The values are submitit's ``TorchDistributedEnvironment``: ranks from the job environment (SLURM_PROCID /
+    SLURM_NTASKS / SLURM_LOCALID, or the local executor's), the master address is the first host of the job's
+    node list (parsed by submitit, no scontrol) and the port is drawn from a RNG seeded with the job id, so all
+    tasks of a job agree on it and two jobs sharing a node do not collide. sbatch and the local executor copy the
+    submitting shell's environment; a RANK or MASTER_ADDR left there (a torchrun shell, a login node's exports)
+    must not win, so they are dropped first (MASTER_PORT too: submitit would take it as the port). A ``local``
+    job rendezvouses on 127.0.0.1: its "node list" is this machine's hostname, which need not resolve.
+    CUDA_VISIBLE_DEVICES is left as the cluster set it: the engine selects ``cuda:<LOCAL_RANK>`` itself.
     """
     if env is None:
         return
     for name in TORCHRUN_VARS:
         os.environ.pop(name, None)
-    if env.cluster != "local" or env.num_tasks <= 1:
-        return
-    digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
-    os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(20000 + int(digits) % 20000))
+    rendezvous = submitit.helpers.TorchDistributedEnvironment()
+    if env.cluster == "local":
+        rendezvous.master_addr = "127.0.0.1"
+    rendezvous.export(set_cuda_visible_devices=False)
+
+
+def _task_identity(env: submitit.JobEnvironment | None) -> dict:
+    """Where this task ran (returned with every rank's result; ``job.results()`` lists them all)."""
+    if env is None:
+        return {}
+    return {"global_rank": env.global_rank, "local_rank": env.local_rank, "node": env.node,
+            "num_nodes": env.num_nodes, "hostname": env.hostname}
 
 
 class StopOnSignal:
@@ -211,7 +222,7 @@ class RunJob(submitit.helpers.Checkpointable):
             result = resolve(self.entry)(cfg, stop_event=guard.stop_event)
             if result.get("status") == "stopped" and guard.signalled:
                 guard.requeue()
-        return result
+        return {**result, "job_task": _task_identity(guard._env)} if guard._env is not None else result
 
 
 class EvalJob(submitit.helpers.Checkpointable):

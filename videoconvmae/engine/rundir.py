@@ -21,8 +21,8 @@ from videoconvmae.engine.checkpoint import list_checkpoints
 
 LOCK_NAME = "run.lock"
 TEMP_PATTERN = re.compile(r"^\..+\.tmp\d+$")  # checkpoint.atomic_write's temp files
-RUN_FILES = ("weights.pt", "weights.safetensors", "weights_ema.pt", "weights_ema.safetensors", "config.yaml",
-             "metrics.jsonl", "log.txt")
+WEIGHT_FILES = ("weights.pt", "weights.safetensors", "weights_ema.pt", "weights_ema.safetensors")
+RUN_FILES = (*WEIGHT_FILES, "config.yaml", "metrics.jsonl", "log.txt")  # what train.overwrite removes
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,7 +106,7 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
 def previous_run_files(folder: str | os.PathLike) -> list[Path]:
     """Checkpoints and exported weights of a run already in ``folder``."""
     folder = Path(folder)
-    return [*list_checkpoints(folder), *[folder / n for n in RUN_FILES[:4] if (folder / n).is_file()]]
+    return [*list_checkpoints(folder), *[folder / n for n in WEIGHT_FILES if (folder / n).is_file()]]
 
 
 def claim_folder(folder: str | os.PathLike, resume: str, overwrite: bool) -> str:

@@ -121,22 +121,33 @@ def _checkpoint_grid(length: int, model_grid: tuple[int, ...]) -> tuple[int, ...
     return None
 
 
+def fit_pos_table(model: nn.Module, table: torch.Tensor) -> torch.Tensor:
+    """A position table [1, L, C] fitted to ``model``'s learnable ``pos_embed`` grid (module docstring: the
+    checkpoint's grid is the model's or square; a 2D table into a 3D model gains the temporal term).
+    Raises ValueError when it cannot fit."""
+    target, model_grid = model.pos_embed, tuple(model.pos_grid)
+    grid = _checkpoint_grid(table.shape[1], model_grid) if table.ndim == 3 else None
+    if grid is None or table.shape[-1] != target.shape[-1]:
+        raise ValueError(f"pos_embed {list(table.shape)} does not fit {list(target.shape)} (grid {list(model_grid)})")
+    if grid == model_grid:
+        return table
+    if len(grid) == 2 and len(model_grid) == 3:  # an image table into a video model
+        temporal = temporal_sincos(table.shape[-1], model_grid[0]).to(table.dtype)
+        table = (table[:, None] + temporal[None, :, None]).reshape(1, -1, table.shape[-1])
+        grid = (model_grid[0], *grid)
+    return resample_pos_embed(table, grid, model_grid)
+
+
 def _load_pos_table(name: str, value: torch.Tensor, model: nn.Module, report: LoadReport) -> torch.Tensor | None:
     """A checkpoint's position table fitted to the model's learnable ``pos_embed``, or None (reported)."""
-    target = model.pos_embed
-    model_grid = tuple(model.pos_grid)
-    grid = _checkpoint_grid(value.shape[1], model_grid) if value.ndim == 3 else None
-    if grid is None or value.shape[-1] != target.shape[-1]:
-        report.mismatched.append(f"{name} {list(value.shape)} -> {list(target.shape)}")
+    try:
+        table = fit_pos_table(model, value)
+    except ValueError:
+        report.mismatched.append(f"{name} {list(value.shape)} -> {list(model.pos_embed.shape)}")
         return None
-    if grid == model_grid:
-        return value
-    if len(grid) == 2 and len(model_grid) == 3:  # an image table into a video model
-        temporal = temporal_sincos(value.shape[-1], model_grid[0]).to(value.dtype)
-        value = (value[:, None] + temporal[None, :, None]).reshape(1, -1, value.shape[-1])
-        grid = (model_grid[0], *grid)
-    report.converted.append(name)
-    return resample_pos_embed(value, grid, model_grid)
+    if table is not value:
+        report.converted.append(name)
+    return table
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module,

@@ -114,9 +114,11 @@ def test_the_old_norm_pix_key_is_a_one_line_error_naming_the_new_one(tmp_path):
     saved = to_dict(load_config(None, []))  # a checkpoint's config from before the change keeps its meaning
     for key in ("loss_target", "pos_embed", "conv_init"):
         saved["model"].pop(key)
+    saved["data"].pop("interpolation")
     for old, new in ((True, "mae"), (False, "pixel")):
         cfg = from_dict({**saved, "model": {**saved["model"], "norm_pix_loss": old}})
         assert cfg.model.loss_target == new and cfg.model.pos_embed == "fixed" and cfg.model.conv_init == "transformer"
+        assert cfg.data.interpolation == "bilinear"
 
 
 # ---- decoders, init -----------------------------------------------------------------------------------------

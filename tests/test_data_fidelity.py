@@ -97,3 +97,23 @@ def test_randaugment_is_bicubic_like_both_upstreams():
 
     ops = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 224, [0.485, 0.456, 0.406]).op.ops
     assert ops and all(op.kwargs["resample"] == Image.BICUBIC for op in ops)
+
+
+def test_resize_is_bicubic_for_images_bilinear_for_video():
+    """MAE / ConvMAE resize images with PIL BICUBIC (RandomResizedCrop(interpolation=3), the eval Resize);
+    VideoMAE resizes frames with PIL BILINEAR (GroupMultiScaleCrop, Resize). Our one uint8 resize per clip is
+    compared with PIL's on the same crop (the val pipeline: short side to 32, centre 32)."""
+    from PIL import Image
+
+    from videoconvmae.data.transforms import ClipTransform
+
+    rng = np.random.default_rng(0)
+    frame = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8)).resize((64, 48)))
+    for dataset, pil_mode, other in (("imagefolder", Image.BICUBIC, Image.BILINEAR),
+                                     ("k400", Image.BILINEAR, Image.BICUBIC)):
+        cfg = DataConfig(dataset=dataset, input_size=32, short_side_size=32, mean=[0, 0, 0], std=[1, 1, 1])
+        ours = (ClipTransform(cfg, "finetune", train=False)(frame[None])[:, 0] * 255).permute(1, 2, 0).numpy()
+        crop = Image.fromarray(frame).crop((8, 0, 56, 48))  # short side 48 -> 32: the centre 48 x 48
+        want = np.asarray(crop.resize((32, 32), pil_mode), dtype=np.float64)
+        wrong = np.asarray(crop.resize((32, 32), other), dtype=np.float64)
+        assert np.abs(ours - want).mean() < 0.6 < np.abs(ours - wrong).mean(), dataset

@@ -114,4 +114,6 @@ def test_tiny_presets_keep_the_measured_recipe():
                  "linprobe_in1k_tiny", "eval_tiny"):
         cfg = load_config(name)
         assert (cfg.model.pos_embed, cfg.model.conv_init) == ("fixed", "transformer"), name
-    assert load_config("pretrain_in1k_tiny").model.conv_init == "transformer"
+    image_pre, image_ft = load_config("pretrain_in1k_tiny"), load_config("finetune_in1k_tiny")
+    assert image_pre.model.conv_init == "transformer"
+    assert image_pre.data.interpolation == image_ft.data.interpolation == "bilinear"

@@ -110,7 +110,7 @@ def test_linear_probe_trains_only_the_head(synth_root, tmp_path, image_pretrain)
     cfg.model.pretrained = ""
     trained = build_task_model(cfg, 5)
     trained.load_state_dict(probe)
-    plain = create_model("convmae_tiny_cls", num_classes=5)
+    plain = create_model("convmae_tiny_cls", num_classes=5, pos_embed=cfg.model.pos_embed)  # the run's table kind
     plain.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True)["model"])
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(plain.eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-5)

@@ -29,16 +29,15 @@ METRIC_KEYS = ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadabl
 def _tiny_config(synth_root, dataset="k400", arch="videoconvmae_tiny", extra=()):
     data = {
         "k400": [f"data.root={synth_root}/k400", f"data.train_annotation={synth_root}/k400/train.csv",
-                 f"data.val_annotation={synth_root}/k400/val.csv"],
+                 f"data.val_annotation={synth_root}/k400/val.csv", "data.sampling_rate=2"],
         "ssv2": ["data.dataset=ssv2", f"data.root={synth_root}/ssv2/videos",
                  f"data.train_annotation={synth_root}/ssv2/train.json",
                  f"data.val_annotation={synth_root}/ssv2/validation.json"],
         "imagefolder": ["data.dataset=imagefolder", f"data.train_annotation={synth_root}/imagenet/train",
                         f"data.val_annotation={synth_root}/imagenet/val"],
     }[dataset]
-    return load_config(None, ["task=finetune", f"model.arch={arch}", "data.num_frames=4", "data.sampling_rate=2",
-                              "data.input_size=32", "data.short_side_size=32", "data.num_workers=0",
-                              "train.progress=false", *data, *extra])
+    return load_config(None, ["task=finetune", f"model.arch={arch}", "data.num_frames=4", "data.input_size=32",
+                              "data.short_side_size=32", "data.num_workers=0", "train.progress=false", *data, *extra])
 
 
 def _checkpoint(path, cfg, num_classes, seed=0):

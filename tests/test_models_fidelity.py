@@ -114,9 +114,11 @@ def test_the_old_norm_pix_key_is_a_one_line_error_naming_the_new_one(tmp_path):
     saved = to_dict(load_config(None, []))  # a checkpoint's config from before the change keeps its meaning
     for key in ("loss_target", "pos_embed", "conv_init"):
         saved["model"].pop(key)
+    saved["data"].pop("interpolation")
     for old, new in ((True, "mae"), (False, "pixel")):
         cfg = from_dict({**saved, "model": {**saved["model"], "norm_pix_loss": old}})
         assert cfg.model.loss_target == new and cfg.model.pos_embed == "fixed" and cfg.model.conv_init == "transformer"
+        assert cfg.data.interpolation == "bilinear"
 
 
 # ---- decoders, init -----------------------------------------------------------------------------------------
@@ -205,6 +207,13 @@ def test_learned_table_resamples_like_timm():
         assert (video.pos_embed.reshape(1, 2, 24, 64)[:, t] - want_t).abs().max().item() < 1e-5
     bad = create_model("convmae_tiny_cls", num_classes=3, pos_grid=(4, 6))
     assert load_pretrained(bad, {"pos_embed": torch.randn(1, 23, 64)}).mismatched  # reported, not loaded
+    # another T (our choice; upstream never changes it): linear over time, the space kept
+    short = torch.randn(1, 2 * 24, 64)
+    longer = create_model("videoconvmae_tiny_cls", num_classes=3, pos_embed="learnable", pos_grid=(4, 4, 6))
+    load_pretrained(longer, {"pos_embed": short})
+    over_time = short.reshape(2, 24, 64).permute(1, 2, 0)  # [HW, C, T]
+    want = F.interpolate(over_time, size=4, mode="linear", align_corners=False).permute(2, 0, 1).reshape(1, 96, 64)
+    assert (longer.pos_embed - want).abs().max().item() < 1e-6
 
 
 def test_pos_embed_is_in_the_lowest_layer_decay_group():

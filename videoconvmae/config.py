@@ -238,8 +238,8 @@ def to_yaml(cfg: Any) -> str:
 def _upgrade_saved(data: dict) -> dict:
     """A config saved before issue 16 (it has ``model.norm_pix_loss``; saved configs hold every key) in today's
     keys, meaning what it meant then: norm_pix_loss true / false = loss_target mae / pixel, a fixed position
-    table, the transformer-style init, num_segments 0 = unset, ssv2 segment-sampled in every mode (so its
-    sampling_rate was never read) and never flipped."""
+    table, the transformer-style init, bilinear resizing, num_segments 0 = unset, ssv2 segment-sampled in every
+    mode (so its sampling_rate was never read) and never flipped."""
     model = data.get("model")
     if not (isinstance(model, dict) and "norm_pix_loss" in model):
         return data
@@ -248,6 +248,7 @@ def _upgrade_saved(data: dict) -> dict:
     model.setdefault("pos_embed", "fixed")
     model.setdefault("conv_init", "transformer")
     old = dict(data.get("data") or {})
+    old.setdefault("interpolation", "bilinear")
     if old.get("num_segments") == 0:
         old["num_segments"] = None
     if old.get("dataset") == "ssv2":

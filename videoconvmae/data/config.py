@@ -25,6 +25,7 @@ class DataConfig:
     short_side_size: int = 224  # eval: short side resized to this before the spatial crops
     batch_size: int = 8  # clips per process per optimizer micro-step
     num_workers: int = 4  # DataLoader worker processes
+    interpolation: str | None = None  # bilinear | bicubic crop resize; None = bicubic images (MAE), bilinear video
     pretrain_crop: str = "multiscale"  # multiscale (VideoMAE scales 1, .875, .75, .66) | rrc
     pretrain_rrc_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # pretrain rrc area range (MAE)
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # finetune / linprobe crop area range

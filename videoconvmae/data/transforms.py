@@ -82,17 +82,28 @@ def resize_short_side_box(h: int, w: int, short_side: int, size: int) -> tuple[i
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> uint8 [T, 3, size, size] (channels-last memory): crop, one bilinear resize per clip.
+def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int,
+                mode: str = "bilinear") -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> uint8 [T, 3, size, size] (channels-last memory): crop, one resize per clip.
 
     Resizing in uint8 is PyTorch's SIMD path for channels-last images (~5x faster than float here) and rounds
-    like PIL / OpenCV, which VideoMAE resizes with; antialiasing when shrinking, as PIL does.
+    like PIL / OpenCV, which VideoMAE resizes with; antialiasing when shrinking, as PIL does. ``mode`` bilinear
+    (VideoMAE: PIL BILINEAR in GroupMultiScaleCrop / Resize) or bicubic (MAE / ConvMAE: RandomResizedCrop and
+    the eval Resize with PIL BICUBIC).
     """
     top, left, ch, cw = box
     x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + ch, left:left + cw])).permute(0, 3, 1, 2)
     if (ch, cw) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=max(ch, cw) > size)
+        x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=max(ch, cw) > size)
     return x
+
+
+def resize_mode(cfg: DataConfig) -> str:
+    """``data.interpolation``, or the upstream's: bicubic for images (MAE / ConvMAE), bilinear for video."""
+    mode = cfg.interpolation or ("bicubic" if cfg.dataset == "imagefolder" else "bilinear")
+    if mode not in ("bilinear", "bicubic"):
+        raise ConfigError(f"data.interpolation: expected bilinear | bicubic, got {mode!r}")
+    return mode
 
 
 def flip_enabled(cfg: DataConfig, mode: str) -> bool:
@@ -167,6 +178,7 @@ class ClipTransform:
             raise ValueError(f"data.pretrain_crop: expected multiscale | rrc, got {cfg.pretrain_crop!r}")
         self.cfg, self.mode, self.train = cfg, mode, train
         self.flip = train and flip_enabled(cfg, mode)
+        self.resize_mode = resize_mode(cfg)
         self.randaug = ClipRandAugment(cfg.randaug, cfg.input_size, cfg.mean) if (
             train and mode == "finetune" and cfg.randaug) else None
         self.erasing = ClipErasing(cfg.reprob) if train and mode == "finetune" and cfg.reprob > 0 else None
@@ -189,7 +201,7 @@ class ClipTransform:
         rng = rng if rng is not None else random  # the module-level generator PyTorch seeds per worker
         if self.randaug is not None:
             frames = self.randaug(frames)
-        x = crop_resize(frames, self.box(frames.shape[1], frames.shape[2], rng), self.cfg.input_size)
+        x = crop_resize(frames, self.box(frames.shape[1], frames.shape[2], rng), self.cfg.input_size, self.resize_mode)
         if self.flip and rng.random() < 0.5:
             x = hflip_clip(x)
         if out is None:

@@ -38,7 +38,7 @@ def load_pretrain_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config
     if cfg.task != "pretrain":
         raise ConfigError(f"{checkpoint}: a {cfg.task} checkpoint; visualize needs a pretrain checkpoint")
     model_cfg = dataclasses.replace(cfg.model, pretrained="")
-    model = build_model(model_cfg, "pretrain")
+    model = build_model(model_cfg, "pretrain", input_norm=(cfg.data.mean, cfg.data.std))
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 

@@ -111,6 +111,14 @@ def build_eval_model(model_cfg: ModelConfig, state: dict, num_classes: int, chec
         model = build_model(model_cfg, "finetune", num_classes, input_shape=input_shape)
     except ValueError as e:  # unknown arch or override in the checkpoint's saved model section
         raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
+    table = state.get("pos_embed")
+    if table is not None and getattr(model, "pos_embed", None) is not None and table.shape != model.pos_embed.shape:
+        from videoconvmae.models.checkpoint import fit_pos_table
+
+        try:  # a learned table made for another input size: resampled, as when finetuning from it
+            state = {**state, "pos_embed": fit_pos_table(model, table)}
+        except ValueError as e:
+            raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch, e.g. a head for another class count

@@ -9,7 +9,7 @@ Official ConvMAE layout -> ours:
 - the 1x1 convs ``conv1``, ``conv2``, ``mlp.fc1``, ``mlp.fc2`` are ``[C_out, C_in, 1, 1]``: reshaped to Linear;
 - ``pos_embed``: loaded into a classifier with a learnable table (``model.pos_embed=learnable``; ConvMAE's
   finetuned checkpoints carry their learned table), resampled as timm's ``resample_abs_pos_embed`` when the grids
-  differ (``layers.resample_pos_embed``; the checkpoint's grid is square, or the model's); a 2D table loaded into
+  differ (``layers.resample_pos_embed``; the checkpoint's grid is inferred, ``_checkpoint_grid``); a 2D table into
   a 3D model is repeated over time plus the fixed temporal term (``layers.temporal_sincos``), which turns the 2D
   sin-cos table into exactly our 3D one. Into a model with a fixed table, and ``decoder_pos_embed`` always (the
   fixed tables ours computes per grid), they are IGNORED and listed in ``LoadReport.ignored`` / ``summary()``.
@@ -109,34 +109,52 @@ def _inflate(name: str, src: torch.Tensor, target_shape: torch.Size) -> torch.Te
 
 
 def _checkpoint_grid(length: int, model_grid: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The grid a checkpoint's table of ``length`` positions was made for: the model's own, else square in space
-    (with the model's T for video, or a 2D square table for a 3D model), else None."""
+    """The grid a checkpoint's table of ``length`` positions was made for, tried in this order: the model's own;
+    square in space (with the model's T for video); for video, the model's space with another T; a square 2D
+    table (an image checkpoint into a video model); else None."""
     if length == math.prod(model_grid):
         return model_grid
     t = model_grid[0] if len(model_grid) == 3 else 1
-    for frames, grid_of in ((t, lambda s: (*model_grid[:-2], s, s)), (1, lambda s: (s, s))):
-        side = math.isqrt(length // frames) if length % frames == 0 else 0
-        if side * side * frames == length:
-            return grid_of(side)
+    side = math.isqrt(length // t) if length % t == 0 else 0
+    if side * side * t == length:
+        return (*model_grid[:-2], side, side)
+    if len(model_grid) == 3:
+        h, w = model_grid[1:]
+        if length % (h * w) == 0:
+            return (length // (h * w), h, w)
+        side = math.isqrt(length)
+        if side * side == length:
+            return (side, side)
     return None
+
+
+def fit_pos_table(model: nn.Module, table: torch.Tensor) -> torch.Tensor:
+    """A position table [1, L, C] fitted to ``model``'s learnable ``pos_embed`` grid (the checkpoint's grid as
+    ``_checkpoint_grid`` infers it; a 2D table into a 3D model gains the temporal term).
+    Raises ValueError when it cannot fit."""
+    target, model_grid = model.pos_embed, tuple(model.pos_grid)
+    grid = _checkpoint_grid(table.shape[1], model_grid) if table.ndim == 3 else None
+    if grid is None or table.shape[-1] != target.shape[-1]:
+        raise ValueError(f"pos_embed {list(table.shape)} does not fit {list(target.shape)} (grid {list(model_grid)})")
+    if grid == model_grid:
+        return table
+    if len(grid) == 2 and len(model_grid) == 3:  # an image table into a video model
+        temporal = temporal_sincos(table.shape[-1], model_grid[0]).to(table.dtype)
+        table = (table[:, None] + temporal[None, :, None]).reshape(1, -1, table.shape[-1])
+        grid = (model_grid[0], *grid)
+    return resample_pos_embed(table, grid, model_grid)
 
 
 def _load_pos_table(name: str, value: torch.Tensor, model: nn.Module, report: LoadReport) -> torch.Tensor | None:
     """A checkpoint's position table fitted to the model's learnable ``pos_embed``, or None (reported)."""
-    target = model.pos_embed
-    model_grid = tuple(model.pos_grid)
-    grid = _checkpoint_grid(value.shape[1], model_grid) if value.ndim == 3 else None
-    if grid is None or value.shape[-1] != target.shape[-1]:
-        report.mismatched.append(f"{name} {list(value.shape)} -> {list(target.shape)}")
+    try:
+        table = fit_pos_table(model, value)
+    except ValueError:
+        report.mismatched.append(f"{name} {list(value.shape)} -> {list(model.pos_embed.shape)}")
         return None
-    if grid == model_grid:
-        return value
-    if len(grid) == 2 and len(model_grid) == 3:  # an image table into a video model
-        temporal = temporal_sincos(value.shape[-1], model_grid[0]).to(value.dtype)
-        value = (value[:, None] + temporal[None, :, None]).reshape(1, -1, value.shape[-1])
-        grid = (model_grid[0], *grid)
-    report.converted.append(name)
-    return resample_pos_embed(value, grid, model_grid)
+    if table is not value:
+        report.converted.append(name)
+    return table
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module,

@@ -374,24 +374,24 @@ class ConvMAEPretrain(ConvMAEEncoder):
         shape = (1, self.in_chans) + (1,) * self.spatial_dims
         return x.float() * self.input_std.view(shape) + self.input_mean.view(shape)
 
-    def _channel_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, ...] -> [N, L, P, C]: ``patchify`` with the channel split off (it is the innermost axis)."""
-        patches = self.patchify(x)
-        return patches.reshape(*patches.shape[:2], -1, self.in_chans)
+    def _target_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(patches, mean, scale) of the normalised targets, float32 (the loss is computed in float32 even under
+        bf16 / fp16 autocast): ``mae`` patches [N, L, D] with stats over D; ``videomae`` un-normalised patches
+        [N, L, P, C] with per-channel stats over P."""
+        if self.loss_target == "videomae":
+            patches = self.patchify(self._unnormalised(x))
+            patches = patches.reshape(*patches.shape[:2], -1, self.in_chans)
+            mean = patches.mean(dim=-2, keepdim=True)
+            return patches, mean, patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6
+        patches = self.patchify(x).float()
+        return patches, patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
 
     def loss_target_patches(self, x: torch.Tensor) -> torch.Tensor:
         """[N, L, patch_dim] float32: what ``pred`` regresses for ``loss_target`` (class docstring)."""
-        target = self.patchify(x).float()  # the loss is computed in float32 even under bf16 / fp16 autocast
-        if self.loss_target == "mae":
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6) ** 0.5
-        elif self.loss_target == "videomae":
-            patches = self._channel_patches(self._unnormalised(x))
-            mean = patches.mean(dim=-2, keepdim=True)
-            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-            target = ((patches - mean) / (std + 1e-6)).flatten(2)
-        return target
+        if self.loss_target == "pixel":
+            return self.patchify(x).float()
+        patches, mean, scale = self._target_statistics(x)
+        return ((patches - mean) / scale).flatten(2)
 
     @torch.no_grad()
     def pred_to_input(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -399,15 +399,13 @@ class ConvMAEPretrain(ConvMAEEncoder):
         normalised targets are undone with the statistics of the TRUE patch (as MAE's demo), so a picture shows
         the predicted structure, not an absolute colour the model never had to predict."""
         pred = pred.float()
-        if self.loss_target == "mae":
-            target = self.patchify(x).float()
-            return pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
-        if self.loss_target == "videomae":
-            patches = self._channel_patches(self._unnormalised(x))
-            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-            pixels = pred.reshape(patches.shape) * (std + 1e-6) + patches.mean(dim=-2, keepdim=True)
-            return ((pixels - self.input_mean) / self.input_std).flatten(2)
-        return pred
+        if self.loss_target == "pixel":
+            return pred
+        patches, mean, scale = self._target_statistics(x)
+        values = pred.reshape(patches.shape) * scale + mean
+        if self.loss_target == "videomae":  # [0, 1] pixels back to the normalised input
+            values = (values - self.input_mean) / self.input_std
+        return values.flatten(2)
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the masked patches only, against ``loss_target_patches(x)``."""

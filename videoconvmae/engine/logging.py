@@ -1,4 +1,4 @@
-"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars.
+"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars (tags ``train/*``, ``val/*``).
 
 Other ranks get a logger that does nothing, so the loop calls it unconditionally.
 """
@@ -53,10 +53,10 @@ class RunLogger:
         text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if not isinstance(v, (dict, list)))
         (self.bar.write if self.bar else print)(f"[{name}] {text}")
         step = fields.get("step")
-        if self.tb is not None and step is not None:
+        if self.tb is not None and step is not None and name == "epoch":
             for k, v in fields.items():
                 if isinstance(_plain(v), (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{name}/{k}", _plain(v), step)
+                    self.tb.add_scalar(tb_tag(k), _plain(v), step)
 
     def scalars(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -66,13 +66,15 @@ class RunLogger:
         self.jsonl.flush()
         if self.tb is not None:
             for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+                if k not in ("step", "time", "elapsed_s") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(tb_tag(k), v, step)
 
-    def progress(self, steps: int, postfix: dict[str, Any]) -> None:
+    def progress(self, steps: int, postfix: dict[str, Any] | None = None) -> None:
+        """Advance the bar by ``steps`` (the loop calls it every step); ``postfix`` replaces the numbers shown."""
         if self.bar is not None:
+            if postfix is not None:
+                self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
             self.bar.update(steps)
-            self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -82,6 +84,16 @@ class RunLogger:
         if self.jsonl is not None:
             self.jsonl.close()
         self.bar = self.tb = self.jsonl = None
+
+
+def tb_tag(key: str) -> str:
+    """TensorBoard tag: validation numbers under ``val/`` (``val_acc1`` -> ``val/acc1``, ``ema_val_acc1`` ->
+    ``val/ema_acc1``), everything else under ``train/``."""
+    if key.startswith("val_"):
+        return f"val/{key[4:]}"
+    if key.startswith("ema_val_"):
+        return f"val/ema_{key[8:]}"
+    return f"train/{key}"
 
 
 def _fmt(value: Any) -> str:

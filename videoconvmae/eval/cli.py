@@ -68,13 +68,15 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("eval: --out belongs to `eval merge`; for a run use eval.out_dir=DIR")
     cfg = eval_config(args.words)
     from videoconvmae.data.records import AnnotationError
+    from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.eval.multiview import run_eval
 
     try:
         summary = run_eval(cfg)
     except AnnotationError as e:
         raise UserError(str(e)) from None
-    print(f"{summary['headline']}\nwrote {summary['out_dir']}")
+    if is_main_process():  # under torchrun every rank holds the same summary
+        print(f"{summary['headline']}\nwrote {summary['out_dir']}")
     return _check_unreadable(summary, cfg.data.max_skip_fraction)
 
 

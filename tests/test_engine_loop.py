@@ -9,7 +9,23 @@ from engine_toy import ddp_worker, read_metrics, toy_config, toy_parts, train
 
 from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.engine.checkpoint import find_resume, list_checkpoints, load_checkpoint
-from videoconvmae.engine.trainer import NonFiniteLossError
+from videoconvmae.engine.distributed import DistInfo
+from videoconvmae.engine.logging import RunLogger
+from videoconvmae.engine.trainer import NonFiniteLossError, Trainer
+
+ONE = DistInfo()
+
+
+def train(cfg, stop_event=None, parts=None):
+    parts = parts or toy_parts(cfg)
+    trainer = Trainer(cfg, parts, ONE)
+    return trainer.fit(stop_event), trainer
+
+
+def read_metrics(out_dir):
+    import json
+
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_toy_loss_falls_and_logs(tmp_path):
@@ -152,3 +168,19 @@ def test_two_gloo_processes_with_half_batch_match_one_process(tmp_path):
     assert two["step"] == 16 and two["rng"]["world_size"] == 2
     for k, v in one.model.state_dict().items():
         torch.testing.assert_close(two["model"][k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_progress_moves_every_step_and_rows_carry_wall_time_and_window_mean(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(RunLogger, "progress", lambda self, steps, postfix=None: calls.append(steps))
+    _, trainer = train(toy_config(tmp_path / "a", "train.log_every_steps=4", "optim.epochs=2"))
+    assert calls.count(1) == trainer.step == 16
+    rows = [r for r in read_metrics(tmp_path / "a") if "event" not in r]
+    each = [r for r in (train(toy_config(tmp_path / "b", "train.log_every_steps=1", "optim.epochs=2")) and
+                        read_metrics(tmp_path / "b")) if "event" not in r]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16] and len(each) == 16
+    for row in rows:  # loss_avg: the mean of the window's step losses; loss: the last step's
+        window = [r["loss"] for r in each if row["step"] - 4 < r["step"] <= row["step"]]
+        assert row["loss"] == window[-1] and abs(row["loss_avg"] - sum(window) / 4) < 1e-6
+        assert row["time"] > 1.7e9 and row["elapsed_s"] >= 0
+    assert rows[-1]["elapsed_s"] >= rows[0]["elapsed_s"]

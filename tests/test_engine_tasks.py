@@ -3,6 +3,7 @@ finetune with mixup + EMA + validation, CLI errors, visualize."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -120,8 +121,19 @@ def test_finetune_with_mixup_ema_and_validation(synth_root, tmp_path, image_pret
     pre_dir, _ = image_pretrain
     result = run_task(image_cfg("finetune_in1k_tiny", synth_root, tmp_path, f"model.pretrained={pre_dir}/weights.pt",
                                 "optim.epochs=2", "data.mixup=0.8", "data.cutmix=1.0", "train.ema=true",
-                                "train.ema_decay=0.9"))
+                                "train.ema_decay=0.9", "train.tensorboard=true", "train.eval_every_epochs=1"))
     assert result["status"] == "completed" and "val_acc1" in result and "ema_val_acc1" in result
+    assert result["val_acc1"] <= result["val_acc5"] <= 100
+    epochs = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+              if r.get("event") == "epoch"]
+    best = torch.load(tmp_path / "weights_best.pt", weights_only=True)
+    assert len(epochs) == 2 and best["config"]["best"]["val_acc1"] == max(e["val_acc1"] for e in epochs)
+    assert best["model"].keys() == torch.load(tmp_path / "weights.pt", weights_only=True)["model"].keys()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/loss_avg", "train/lr", "val/acc1", "val/acc5", "val/ema_acc1"} <= set(tags)
+    assert all(t.split("/")[0] in ("train", "val") for t in tags), tags
     assert (tmp_path / "weights_ema.pt").is_file() and "ema" in load_checkpoint(result["checkpoint"])
     start = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert start["event"] == "start" and start["effective_batch"] == 4
@@ -131,7 +143,12 @@ def test_visualize_image_and_video(synth_root, tmp_path, image_pretrain):
     pre_dir, _ = image_pretrain
     image = next((synth_root / "imagenet" / "val").rglob("*.JPEG"))
     assert main(["visualize", str(pre_dir / "weights.pt"), str(image), "--out", str(tmp_path / "v.png")]) == 0
-    assert Image.open(tmp_path / "v.png").size == (4 * 32 + 3 * 4, 32)
+    png = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
+    assert png.shape == (32, 4 * 32 + 3 * 4, 3)
+    original, masked = png[:, :32].reshape(-1, 3), png[:, 36:68].reshape(-1, 3)
+    marks = {tuple(c) for c in masked[(masked != original).any(1)]}
+    assert len(marks) == 1 and (masked == original).all(1).sum() > 0  # one mark colour; visible cells unchanged
+    assert not (original == np.array(marks.pop())).all(1).any()  # a colour no input pixel has
     video_run = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "vid", "train.max_steps=1"))
     clip = next((synth_root / "k400" / "val").glob("*.mp4"))
     assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.gif")]) == 0
@@ -141,3 +158,13 @@ def test_visualize_image_and_video(synth_root, tmp_path, image_pretrain):
     assert (tmp_path / "v.mp4").stat().st_size > 0
     assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.txt")]) == 2
     assert list_checkpoints(tmp_path / "vid")
+
+
+def test_mask_colour_differs_from_every_pixel_even_on_grey():
+    from videoconvmae.engine.visualize import mask_colour
+
+    grey = np.full((50, 3), 128, np.uint8)
+    rgb = np.array([[255, 0, 255], [0, 255, 255], [128, 128, 128]], np.uint8)
+    for pixels in (grey, rgb):
+        colour = np.array(mask_colour(pixels))
+        assert not (pixels == colour).all(1).any()

@@ -1,6 +1,6 @@
-"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars, and ``log.txt``: the
-printed event lines in plain text, the researcher-readable log beside ``metrics.jsonl`` (a crash's traceback
-is appended there by the CLI).
+"""Run logging on rank 0: a tqdm progress line, JSONL metrics, TensorBoard scalars (tags ``train/*``, ``val/*``),
+and ``log.txt``: the printed event lines in plain text, the researcher-readable log beside ``metrics.jsonl`` (a
+crash's traceback is appended there by the CLI).
 
 Other ranks get a logger that does nothing, so the loop calls it unconditionally.
 """
@@ -58,10 +58,10 @@ class RunLogger:
         self.text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['time']))} [{name}] {text}\n")
         self.text.flush()
         step = fields.get("step")
-        if self.tb is not None and step is not None:
+        if self.tb is not None and step is not None and name == "epoch":
             for k, v in fields.items():
                 if isinstance(_plain(v), (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{name}/{k}", _plain(v), step)
+                    self.tb.add_scalar(tb_tag(k), _plain(v), step)
 
     def scalars(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -71,13 +71,15 @@ class RunLogger:
         self.jsonl.flush()
         if self.tb is not None:
             for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+                if k not in ("step", "time", "elapsed_s") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(tb_tag(k), v, step)
 
-    def progress(self, steps: int, postfix: dict[str, Any]) -> None:
+    def progress(self, steps: int, postfix: dict[str, Any] | None = None) -> None:
+        """Advance the bar by ``steps`` (the loop calls it every step); ``postfix`` replaces the numbers shown."""
         if self.bar is not None:
+            if postfix is not None:
+                self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
             self.bar.update(steps)
-            self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -88,6 +90,16 @@ class RunLogger:
             self.jsonl.close()
             self.text.close()
         self.bar = self.tb = self.jsonl = self.text = None
+
+
+def tb_tag(key: str) -> str:
+    """TensorBoard tag: validation numbers under ``val/`` (``val_acc1`` -> ``val/acc1``, ``ema_val_acc1`` ->
+    ``val/ema_acc1``), everything else under ``train/``."""
+    if key.startswith("val_"):
+        return f"val/{key[4:]}"
+    if key.startswith("ema_val_"):
+        return f"val/ema_{key[8:]}"
+    return f"train/{key}"
 
 
 def _fmt(value: Any) -> str:

@@ -143,7 +143,7 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def make_evaluator(cfg: Config, info: DistInfo, val_set: Dataset, collate_fn) -> Any:
-    """Single-view top-1 on the val split; every rank takes a disjoint interleaved share, counts are summed."""
+    """Single-view top-1 / top-5 on the val split; every rank takes a disjoint interleaved share, counts summed."""
 
     def evaluate(model: nn.Module) -> dict:
         was_training = model.training
@@ -151,20 +151,23 @@ def make_evaluator(cfg: Config, info: DistInfo, val_set: Dataset, collate_fn) ->
         share = torch.utils.data.Subset(val_set, range(info.rank, len(val_set), info.world_size))
         loader = DataLoader(share, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                             collate_fn=collate_fn)
-        sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # correct, count, loss sum
+        sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # top-1 correct, count, loss sum, top-5
         # The training RNG streams must not depend on whether / how often evaluation ran.
         with isolated_rng(cfg.train.seed), torch.no_grad():
             for batch in loader:
                 x, y = batch["input"].to(info.device), batch["label"].to(info.device)
                 with autocast_for(cfg.train.precision, info.device):
                     logits = model(x).float()
-                sums[0] += (logits.argmax(-1) == y).sum()
+                top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                sums[0] += (top5[:, 0] == y).sum()
                 sums[1] += len(y)
                 sums[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
+                sums[3] += (top5 == y[:, None]).any(-1).sum()
         all_reduce_sum(sums)
         model.train(was_training)
         n = max(float(sums[1]), 1.0)
-        return {"val_acc1": 100.0 * float(sums[0]) / n, "val_loss": float(sums[2]) / n, "val_count": int(sums[1])}
+        return {"val_acc1": 100.0 * float(sums[0]) / n, "val_acc5": 100.0 * float(sums[3]) / n,
+                "val_loss": float(sums[2]) / n, "val_count": int(sums[1])}
 
     return evaluate
 

@@ -219,6 +219,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.items = SeededItems(parts.train_set, tc.seed)
+        self.best_val_acc1: float | None = None  # the best validation top-1 so far (weights_best.pt holds it)
         self.resumed_from: str | None = None
         self.own_checkpoints: list[Path] = []  # this run's valid checkpoints: the only ones pruning may delete
         self.resume_changes: list[tuple[str, Any, Any]] = []
@@ -259,6 +260,7 @@ class Trainer:
                         "seed": self.sampler.seed, "world_size": self.dist.world_size},
             "rng": {"world_size": self.dist.world_size, "ranks": self._rng_all_ranks()},
             "nonfinite_steps": self.nonfinite_total,
+            "best_val_acc1": self.best_val_acc1,
             "config": to_dict(self.cfg),
             "code_version": code_version(),
         }
@@ -354,6 +356,7 @@ class Trainer:
             self.parts.ema.module.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
         self.nonfinite_total = int(ckpt.get("nonfinite_steps", 0))
+        self.best_val_acc1 = ckpt.get("best_val_acc1")
         rng = ckpt["rng"]
         if rng.get("world_size") == self.dist.world_size:
             mine = rng["ranks"][self.dist.rank]
@@ -509,8 +512,22 @@ class Trainer:
         last_epoch = (epoch + 1) * self.steps_per_epoch >= self.total_steps
         if self.parts.evaluate is not None and ((epoch + 1) % self.cfg.train.eval_every_epochs == 0 or last_epoch):
             metrics.update(self.evaluate())
+            self._keep_best(metrics, log)
         log.event("epoch", epoch=epoch, step=self.step, nonfinite_steps=self.nonfinite_total, **metrics)
         return metrics
+
+    def _keep_best(self, metrics: dict, log: RunLogger) -> None:
+        """``weights_best.pt`` / ``.safetensors`` beside ``weights.pt``: the weights of the best val top-1 so far."""
+        acc1 = metrics.get("val_acc1")
+        if acc1 is None or (self.best_val_acc1 is not None and acc1 <= self.best_val_acc1):
+            return
+        self.best_val_acc1 = float(acc1)
+        if self.dist.is_main:
+            export = self.parts.export_state or (lambda m: m.state_dict())
+            config = {**to_dict(self.cfg), "best": {"step": self.step, "val_acc1": acc1,
+                                                    "val_acc5": metrics.get("val_acc5")}}
+            ckpt_io.export_weights(export(self.model), config, self.out, stem="weights_best")
+        log.event("best", step=self.step, val_acc1=acc1)
 
     def evaluate(self) -> dict:
         metrics = dict(self.parts.evaluate(self.model))
@@ -536,7 +553,8 @@ class Trainer:
         if self.resume_changes:
             log.event("resume_changes", step=self.step, changes=describe_changes(self.resume_changes))
         status, metrics, last_ckpt = "completed", {}, None
-        window_t, window_clips, window_steps = time.perf_counter(), 0, 0
+        window_t, window_clips, window_steps, window_losses = time.perf_counter(), 0, 0, []
+        start_t = time.time()
         self._train_mode()
         try:
             while self.step < self.total_steps:
@@ -547,6 +565,9 @@ class Trainer:
                     self.step += 1
                     window_clips += out["clips"] * self.dist.world_size
                     window_steps += 1
+                    if not out["skipped"]:
+                        window_losses.append(out["loss_mean"])
+                    log.progress(1)
                     if self.nonfinite_run >= tc.max_nonfinite_steps:
                         raise NonFiniteLossError(
                             f"stopping: {self.nonfinite_run} consecutive steps with a non-finite loss or gradient "
@@ -554,15 +575,17 @@ class Trainer:
                             f"{tc.max_nonfinite_steps}); try a lower lr, optim.clip_grad, or train.precision=bf16")
                     if self.step % tc.log_every_steps == 0 or self.step == self.total_steps:
                         dt = max(time.perf_counter() - window_t, 1e-9)
-                        log.scalars(self.step, {"loss": out["loss_mean"], "lr": out["lr"],
+                        loss_avg = sum(window_losses) / len(window_losses) if window_losses else float("nan")
+                        log.scalars(self.step, {"time": round(time.time(), 3),
+                                                "elapsed_s": round(time.time() - start_t, 3),
+                                                "loss": out["loss_mean"], "loss_avg": loss_avg, "lr": out["lr"],
                                                 "grad_norm": out["grad_norm"], "clips_per_s": window_clips / dt,
                                                 "epoch": epoch, "nonfinite_steps": self.nonfinite_total,
                                                 **{k: v for k, v in out.items()
                                                    if k not in ("loss", "loss_mean", "lr", "grad_norm", "clips",
                                                                 "skipped")}})
-                        log.progress(window_steps, {"loss": out["loss_mean"], "lr": out["lr"],
-                                                    "clips/s": window_clips / dt})
-                        window_t, window_clips, window_steps = time.perf_counter(), 0, 0
+                        log.progress(0, {"loss": loss_avg, "lr": out["lr"], "clips/s": window_clips / dt})
+                        window_t, window_clips, window_steps, window_losses = time.perf_counter(), 0, 0, []
                     metrics["loss"] = out["loss_mean"]
                     if self._stop_requested(stop_event):
                         last_ckpt = self.save_checkpoint()

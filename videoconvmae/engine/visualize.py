@@ -1,6 +1,6 @@
 """``videoconvmae visualize CHECKPOINT INPUT --out FILE``: original / masked / reconstruction side by side.
 
-Panels, left to right: the input, the visible part (masked cells grey), the model's prediction for every cell,
+Panels, left to right: the input, the visible part (masked cells in a colour no input pixel has), the model's prediction for every cell,
 and the prediction pasted into the masked cells only. With a normalised loss target (``model.loss_target`` mae /
 videomae) each predicted patch is mapped back with the statistics of the true patch (``pred_to_input``, as
 MAE's demo does): the picture shows structure, not the absolute colour the model never had to predict.
@@ -117,13 +117,28 @@ def _to_uint8(x: torch.Tensor, cfg: Config) -> np.ndarray:
     return img.round().byte().permute(1, 2, 3, 0).numpy()
 
 
+MARK_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0),
+                (255, 255, 255))
+
+
+def mask_colour(pixels: np.ndarray) -> tuple[int, int, int]:
+    """The candidate colour farthest (max over candidates of the min L1 distance) from every input pixel
+    ``pixels`` uint8 [P, 3]: a grey mark would look like a grey background (as the synthetic videos have)."""
+    if len(pixels) == 0:
+        return MARK_COLOURS[0]
+    colours = np.unique(pixels.reshape(-1, 3), axis=0).astype(np.int32)
+    distance = [int(np.abs(colours - np.array(c)).sum(axis=1).min()) for c in MARK_COLOURS]
+    return MARK_COLOURS[int(np.argmax(distance))]
+
+
 def side_by_side(panels: dict[str, torch.Tensor], cfg: Config) -> np.ndarray:
-    """uint8 [T, H, 4*W + 3*gap, 3]: original | masked (grey cells) | reconstruction | pasted."""
+    """uint8 [T, H, 4*W + 3*gap, 3]: original | masked (cells in ``mask_colour``) | reconstruction | pasted."""
     masked = _to_uint8(panels["masked"], cfg)
     hidden_px = panels["hidden"][0, 0]
     hidden_px = (hidden_px[None] if hidden_px.ndim == 2 else hidden_px).numpy() > 0.5  # [T, H, W]
-    masked[hidden_px] = 128
-    parts = [_to_uint8(panels["original"], cfg), masked, _to_uint8(panels["reconstruction"], cfg),
+    original = _to_uint8(panels["original"], cfg)
+    masked[hidden_px] = mask_colour(original.reshape(-1, 3))
+    parts = [original, masked, _to_uint8(panels["reconstruction"], cfg),
              _to_uint8(panels["pasted"], cfg)]
     t, h = parts[0].shape[:2]
     gap = np.full((t, h, 4, 3), 255, np.uint8)

@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = eval_config(args.words)
     from videoconvmae.cli import set_failure_log
     from videoconvmae.data.records import AnnotationError
+    from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.eval.multiview import output_dir, run_eval
 
     set_failure_log(output_dir(cfg) / "log.txt")
@@ -77,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_eval(cfg)
     except AnnotationError as e:
         raise UserError(str(e)) from None
-    print(f"{summary['headline']}\nwrote {summary['out_dir']}")
+    if is_main_process():  # under torchrun every rank holds the same summary
+        print(f"{summary['headline']}\nwrote {summary['out_dir']}")
     return _check_unreadable(summary, cfg.data.max_skip_fraction)
 
 

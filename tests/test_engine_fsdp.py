@@ -61,7 +61,7 @@ def test_interrupted_and_resumed_fsdp_run_equals_uninterrupted_bitwise(runs):
     assert [full[s] for s in sorted(full)] == [resumed[s] for s in sorted(full)]
 
 
-def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs):
+def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs, synth_root, tmp_path):
     from videoconvmae.models import build_model
 
     path = runs / "pre_fsdp" / "checkpoint-00000006.dcp"
@@ -79,6 +79,16 @@ def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs):
     loaded = model.state_dict()
     assert loaded.keys() == exported.keys()
     assert all(torch.equal(loaded[k], exported[k]) for k in exported)
+
+    # and a 1-process run resumes from it (model + optimizer resharded; RNG streams reseeded with a warning)
+    from videoconvmae.engine.tasks import run_task
+
+    overrides = fsdp_runs.tiny(synth_root, tmp_path / "one", "train.parallel=fsdp", f"train.resume={path}",
+                               "train.max_steps=7", "data.batch_size=4")
+    with pytest.warns(UserWarning, match="saved with 2 processes, resuming with 1"):
+        result = run_task(load_config("pretrain_k400_tiny", overrides))
+    assert result["status"] == "completed" and result["step"] == 7
+    assert (tmp_path / "one" / "checkpoint-00000007.dcp" / "state.pt").is_file()
 
 
 def test_fsdp_finetune_weights_evaluate_like_the_ddp_ones(runs, synth_root, capsys):

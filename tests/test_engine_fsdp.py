@@ -118,6 +118,19 @@ def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
     with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: offloads accelerator memory to the CPU and "
                                           "needs a CUDA device"):
         check_fsdp(offload, TaskParts(model=torch.nn.Linear(2, 2), train_set=[], loss_fn=None), torch.device("cpu"))
+    # a ddp run does not silently start over beside an fsdp run's checkpoints (and the other way round)
+    from engine_toy import toy_config, toy_parts
+
+    from videoconvmae.engine.distributed import DistInfo
+    from videoconvmae.engine.trainer import Trainer
+
+    toy = toy_config(tmp_path, "train.max_steps=2", "train.parallel=fsdp")
+    Trainer(toy, toy_parts(toy), DistInfo()).fit()
+    assert (tmp_path / "checkpoint-00000002.dcp" / "state.pt").is_file()
+    ddp = toy_config(tmp_path, "train.max_steps=3", "train.parallel=ddp")
+    with pytest.raises(ConfigError, match="holds checkpoint-00000002.dcp from a train.parallel=fsdp run, which "
+                                          "train.parallel=ddp cannot resume"):
+        Trainer(ddp, toy_parts(ddp), DistInfo())
     with pytest.raises(ValueError, match="train.parallel: expected ddp|fsdp"):
         load_config("pretrain_k400_tiny", ["train.parallel=zero3"])
     with pytest.raises((ValueError, ConfigError), match="train.fsdp_cpu_offload: only with train.parallel=fsdp"):

@@ -238,6 +238,7 @@ class Trainer:
         if mode == "auto":
             found = ckpt_io.find_resume(self.out)
             if found is None:
+                self._check_no_other_format()
                 return
             path, ckpt = found
         else:
@@ -257,6 +258,7 @@ class Trainer:
         if mode == "auto":
             found = broadcast_object(fsdp.find_resume(self.out))  # every rank loads the same one
             if found is None:
+                self._check_no_other_format()
                 return
             path = Path(found)
         else:
@@ -265,6 +267,15 @@ class Trainer:
                 raise ConfigError(f"train.resume: {mode!r} is not a complete DCP checkpoint folder (.metadata "
                                   f"and {fsdp.STATE_FILE}; train.parallel=fsdp resumes from checkpoint-*.dcp)")
         self._restore(path, fsdp.load_checkpoint(path, self.model, self.optimizer))
+
+    def _check_no_other_format(self) -> None:
+        """resume=auto found nothing: refuse to start over beside checkpoints of the other train.parallel."""
+        other = ckpt_io.list_checkpoints(self.out) if self.fsdp else fsdp.list_dcp_checkpoints(self.out)
+        if other:
+            mine, theirs = ("fsdp", "ddp") if self.fsdp else ("ddp", "fsdp")
+            raise ConfigError(f"train.resume=auto: {self.out} holds {other[0].name} from a train.parallel={theirs} "
+                              f"run, which train.parallel={mine} cannot resume; use train.parallel={theirs} or "
+                              "another train.output_dir")
 
     def _restore(self, path: Path, ckpt: dict) -> None:
         """Everything but the model and optimizer: schedule, scaler, EMA, step, skip counts, RNG streams."""

@@ -61,7 +61,7 @@ def test_interrupted_and_resumed_fsdp_run_equals_uninterrupted_bitwise(runs):
     assert [full[s] for s in sorted(full)] == [resumed[s] for s in sorted(full)]
 
 
-def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs):
+def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs, synth_root, tmp_path):
     from videoconvmae.models import build_model
 
     path = runs / "pre_fsdp" / "checkpoint-00000006.dcp"
@@ -79,6 +79,16 @@ def test_dcp_checkpoint_holds_the_full_state_and_loads_in_one_process(runs):
     loaded = model.state_dict()
     assert loaded.keys() == exported.keys()
     assert all(torch.equal(loaded[k], exported[k]) for k in exported)
+
+    # and a 1-process run resumes from it (model + optimizer resharded; RNG streams reseeded with a warning)
+    from videoconvmae.engine.tasks import run_task
+
+    overrides = fsdp_runs.tiny(synth_root, tmp_path / "one", "train.parallel=fsdp", f"train.resume={path}",
+                               "train.max_steps=7", "data.batch_size=4")
+    with pytest.warns(UserWarning, match="saved with 2 processes, resuming with 1"):
+        result = run_task(load_config("pretrain_k400_tiny", overrides))
+    assert result["status"] == "completed" and result["step"] == 7
+    assert (tmp_path / "one" / "checkpoint-00000007.dcp" / "state.pt").is_file()
 
 
 def test_fsdp_finetune_weights_evaluate_like_the_ddp_ones(runs, synth_root, capsys):
@@ -108,6 +118,19 @@ def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
     with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: offloads accelerator memory to the CPU and "
                                           "needs a CUDA device"):
         check_fsdp(offload, TaskParts(model=torch.nn.Linear(2, 2), train_set=[], loss_fn=None), torch.device("cpu"))
+    # a ddp run does not silently start over beside an fsdp run's checkpoints (and the other way round)
+    from engine_toy import toy_config, toy_parts
+
+    from videoconvmae.engine.distributed import DistInfo
+    from videoconvmae.engine.trainer import Trainer
+
+    toy = toy_config(tmp_path, "train.max_steps=2", "train.parallel=fsdp")
+    Trainer(toy, toy_parts(toy), DistInfo()).fit()
+    assert (tmp_path / "checkpoint-00000002.dcp" / "state.pt").is_file()
+    ddp = toy_config(tmp_path, "train.max_steps=3", "train.parallel=ddp")
+    with pytest.raises(ConfigError, match="holds checkpoint-00000002.dcp from a train.parallel=fsdp run, which "
+                                          "train.parallel=ddp cannot resume"):
+        Trainer(ddp, toy_parts(ddp), DistInfo())
     with pytest.raises(ValueError, match="train.parallel: expected ddp|fsdp"):
         load_config("pretrain_k400_tiny", ["train.parallel=zero3"])
     with pytest.raises((ValueError, ConfigError), match="train.fsdp_cpu_offload: only with train.parallel=fsdp"):

@@ -11,21 +11,9 @@ from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.engine.checkpoint import find_resume, list_checkpoints, load_checkpoint
 from videoconvmae.engine.distributed import DistInfo
 from videoconvmae.engine.logging import RunLogger
-from videoconvmae.engine.trainer import NonFiniteLossError, Trainer
+from videoconvmae.engine.trainer import NonFiniteLossError
 
 ONE = DistInfo()
-
-
-def train(cfg, stop_event=None, parts=None):
-    parts = parts or toy_parts(cfg)
-    trainer = Trainer(cfg, parts, ONE)
-    return trainer.fit(stop_event), trainer
-
-
-def read_metrics(out_dir):
-    import json
-
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_toy_loss_falls_and_logs(tmp_path):

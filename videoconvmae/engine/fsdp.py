@@ -120,6 +120,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _single() -> bool:
+    """No process group: DCP reads / writes every shard in this process."""
+    return not (dist.is_initialized() and dist.get_world_size() > 1)
+
+
 def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -134,7 +139,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
         tmp.mkdir(parents=True)
     _barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp), no_dist=_single())
     _barrier()  # every shard is on disk (dcp fsyncs its files)
     if _is_main():
         atomic_torch_save(state, tmp / STATE_FILE)
@@ -157,7 +162,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     """Model and optimizer from ``path`` (resharded to this world size), returns its ``state.pt``. Collective."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     box = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(box, checkpoint_id=str(path))
+    dcp.load(box, checkpoint_id=str(path), no_dist=_single())
     set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optimizer"])
     return load_state(path)
 
@@ -166,7 +171,7 @@ def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """The model weights of a DCP checkpoint into ``model`` (sharded or not; one process needs no process group)."""
     model_sd = get_model_state_dict(model)
     box = {"model": model_sd}
-    dcp.load(box, checkpoint_id=str(path))
+    dcp.load(box, checkpoint_id=str(path), no_dist=_single())
     set_model_state_dict(model, box["model"])
     return model
 

@@ -299,6 +299,7 @@ class Trainer:
         if mode == "auto":
             found = ckpt_io.find_resume(self.out)
             if found is None:
+                self._check_no_other_format()
                 damaged = ckpt_io.list_checkpoints(self.out)
                 if damaged:  # starting over from step 0 here would silently throw the run away
                     raise ConfigError(f"train.resume=auto: none of the {len(damaged)} checkpoints in {self.out} "
@@ -332,6 +333,7 @@ class Trainer:
         if mode == "auto":
             found = broadcast_object(fsdp.find_resume(self.out))  # every rank loads the same one
             if found is None:
+                self._check_no_other_format()
                 return
             path = Path(found)
         else:
@@ -347,6 +349,15 @@ class Trainer:
         for group, values in zip(self.optimizer.param_groups, hyper, strict=True):  # as in _resume
             group.update(values)
         self._restore(path, ckpt)
+
+    def _check_no_other_format(self) -> None:
+        """resume=auto found nothing: refuse to start over beside checkpoints of the other train.parallel."""
+        other = ckpt_io.list_checkpoints(self.out) if self.fsdp else fsdp.list_dcp_checkpoints(self.out)
+        if other:
+            mine, theirs = ("fsdp", "ddp") if self.fsdp else ("ddp", "fsdp")
+            raise ConfigError(f"train.resume=auto: {self.out} holds {other[0].name} from a train.parallel={theirs} "
+                              f"run, which train.parallel={mine} cannot resume; use train.parallel={theirs} or "
+                              "another train.output_dir")
 
     def _restore(self, path: Path, ckpt: dict) -> None:
         """Everything but the model and optimizer: scaler, EMA, step, skip counts, RNG streams. The schedule is

@@ -1,9 +1,10 @@
 """``videoconvmae visualize CHECKPOINT INPUT --out FILE``: original / masked / reconstruction side by side.
 
 Panels, left to right: the input, the visible part (masked cells in a colour no input pixel has), the model's
-prediction for every cell, and the prediction pasted into the masked cells only. With a normalised loss target (``model.loss_target`` mae /
-videomae) each predicted patch is mapped back with the statistics of the true patch (``pred_to_input``, as
-MAE's demo does): the picture shows structure, not the absolute colour the model never had to predict.
+prediction for every cell, and the prediction pasted into the masked cells only. With a normalised loss target
+(``model.loss_target`` mae / videomae) each predicted patch is mapped back with the statistics of the true patch
+(``pred_to_input``, as MAE's demo does): the picture shows structure, not the absolute colour the model never
+had to predict.
 """
 
 from __future__ import annotations

@@ -43,8 +43,10 @@ def run_all(rank: int, world: int, port: int, root: str, synth_root: str) -> Non
 
     torch.set_num_threads(1)
     from videoconvmae.config import load_config
-    from videoconvmae.engine.distributed import cleanup_distributed
+    from videoconvmae.engine.distributed import cleanup_distributed, init_distributed
     from videoconvmae.engine.tasks import run_task
+
+    init_distributed("gloo", "cpu")  # one group for all the runs: run_task then leaves it up between them
 
     def run(task: str, preset: str, name: str, *extra: str, stop_event=None) -> dict:
         cfg = load_config(preset, tiny(Path(synth_root), Path(root) / name, *extra), task=task)

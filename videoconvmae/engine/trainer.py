@@ -293,8 +293,12 @@ class Trainer:
         mode = self.cfg.train.resume
         if mode == "none":
             return
+        # The optimizer's hyper-parameters (lr, betas, weight decay, layer scales) come from this run's config,
+        # its moments from the checkpoint; the schedule is a function of config and step, so it is rebuilt,
+        # never restored (a restored one keeps the old base lr and length: new steps past its end run at lr 0).
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         if self.fsdp:
-            self._resume_dcp(mode)
+            self._resume_dcp(mode, hyper)
             return
         if mode == "auto":
             found = ckpt_io.find_resume(self.out)
@@ -319,16 +323,10 @@ class Trainer:
         self.resume_changes = check_resume_config(str(path), ckpt["config"], to_dict(self.cfg),
                                                   self.cfg.train.resume_changes)
         self.model.load_state_dict(ckpt["model"])
-        # The optimizer's hyper-parameters (lr, betas, weight decay, layer scales) come from this run's config,
-        # its moments from the checkpoint; the schedule is a function of config and step, so it is rebuilt,
-        # never restored (a restored one keeps the old base lr and length: new steps past its end run at lr 0).
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
-            group.update(values)
-        self._restore(path, ckpt)
+        self._restore(path, ckpt, hyper)
 
-    def _resume_dcp(self, mode: str) -> None:
+    def _resume_dcp(self, mode: str, hyper: list[dict]) -> None:
         """fsdp: the newest complete ``checkpoint-<step>.dcp`` (auto) or the given folder; resharded on load."""
         if mode == "auto":
             found = broadcast_object(fsdp.find_resume(self.out))  # every rank loads the same one
@@ -341,14 +339,11 @@ class Trainer:
             if not fsdp.is_complete(path):
                 raise ConfigError(f"train.resume: {mode!r} is not a complete DCP checkpoint folder (.metadata "
                                   f"and {fsdp.STATE_FILE}; train.parallel=fsdp resumes from checkpoint-*.dcp)")
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         ckpt = fsdp.load_checkpoint(path, self.model, self.optimizer)
         if "config" in ckpt:
             self.resume_changes = check_resume_config(str(path), ckpt["config"], to_dict(self.cfg),
                                                       self.cfg.train.resume_changes)
-        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):  # as in _resume
-            group.update(values)
-        self._restore(path, ckpt)
+        self._restore(path, ckpt, hyper)
 
     def _check_no_other_format(self) -> None:
         """resume=auto found nothing: refuse to start over beside checkpoints of the other train.parallel."""
@@ -359,9 +354,11 @@ class Trainer:
                               f"run, which train.parallel={mine} cannot resume; use train.parallel={theirs} or "
                               "another train.output_dir")
 
-    def _restore(self, path: Path, ckpt: dict) -> None:
-        """Everything but the model and optimizer: scaler, EMA, step, skip counts, RNG streams. The schedule is
-        rebuilt from this run's config and the step, never restored (see ``_resume``)."""
+    def _restore(self, path: Path, ckpt: dict, hyper: list[dict]) -> None:
+        """After the model and optimizer state: this run's optimizer ``hyper``-parameters back on the loaded
+        groups, then scaler, EMA, step, skip counts, RNG streams (the schedule is rebuilt, see ``_resume``)."""
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(values)
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.parts.ema is not None and "ema" in ckpt:
             self.parts.ema.module.load_state_dict(ckpt["ema"])

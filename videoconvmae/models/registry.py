@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from videoconvmae.models.config import ModelConfig
+from videoconvmae.models.config import TOKEN_PX, ModelConfig
 from videoconvmae.models.convmae import ConvMAEClassifier, ConvMAEPretrain
 
 
@@ -149,7 +149,7 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
 def _token_grid(input_shape: Sequence[int], is_video: bool, tubelet: int) -> tuple[int, ...]:
     """Pixels (H, W) / (T, H, W) -> the stage-3 grid; one clear line when the sizes do not divide."""
     sizes = tuple(int(v) for v in input_shape)
-    patch = (tubelet, 16, 16) if is_video else (16, 16)
+    patch = (tubelet, TOKEN_PX, TOKEN_PX) if is_video else (TOKEN_PX, TOKEN_PX)
     if len(sizes) != len(patch) or any(s % p for s, p in zip(sizes, patch)):
         raise ValueError(f"input size {list(sizes)}: expected {len(patch)} sizes divisible by {list(patch)}")
     return tuple(s // p for s, p in zip(sizes, patch))

@@ -16,11 +16,11 @@ import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
 from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.data.records import load_records
-from videoconvmae.eval.inputs import ViewsDataset
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.views import ViewsDataset, k400_temporal_views
 from videoconvmae.eval.merge import merge_shards
 from videoconvmae.eval.metrics import load_predictions
 from videoconvmae.eval.multiview import run_eval, view_spec
-from videoconvmae.eval.views import k400_temporal_views, normalize
 from videoconvmae.models import build_model
 
 METRIC_KEYS = ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable", "num_assigned")

@@ -102,10 +102,6 @@ class ClipDataset(Dataset):
         rng = random.Random(random.getrandbits(64))  # drawn here: the decode thread must not share `random`
         return start_clip_read(record.path, self.cfg.decoder, lambda n, fps: self.choose_indices(n, rng), timeout)
 
-    def load(self, record: VideoRecord) -> np.ndarray:
-        """uint8 [T, H, W, 3] (T = 1 for images); raises UnreadableError."""
-        return self.start_load(record)()
-
     def replacement(self, index: int, attempt: int) -> int:
         """The deterministic stand-in for unreadable item ``index`` at retry ``attempt``."""
         return int(np.random.default_rng([self.cfg.seed, index, attempt]).integers(len(self.records)))
@@ -123,8 +119,7 @@ class ClipDataset(Dataset):
         ``collate`` and the hand-over to the main process copy nothing); the next item decodes in the decode
         thread while this one is augmented. ``streams``: item k draws from its own RNG streams (``SeededItems``);
         None: from the global ones."""
-        def scope(k: int) -> contextlib.AbstractContextManager:
-            return streams.scope(k) if streams is not None else contextlib.nullcontext()
+        scope = streams.scope if streams is not None else lambda k: contextlib.nullcontext()
 
         def start(k: int) -> Callable[[], np.ndarray]:
             with scope(k):

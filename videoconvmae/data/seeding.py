@@ -4,10 +4,9 @@ Why: worker processes draw augmentations from per-worker RNG streams, so which i
 depends on the worker count and on where the iterator started. Seeding per item makes a resumed mid-epoch run
 (and any ``num_workers``) produce exactly the same batches.
 
-The transforms draw from the global streams (Python's ``random``, numpy's, torch's; timm's RandAugment does too),
-so an item's streams are swapped in while it runs (``ItemStreams.scope``). Items of one batched fetch take turns
-on their own streams, each continuing where it left off: item k+1 starts decoding while item k is augmented, and
-both see exactly the draws they would see fetched alone.
+The transforms draw from the global streams (Python's ``random``, numpy's, torch's; timm's RandAugment too), so
+an item's streams are swapped in while it runs (``ItemStreams.scope``). In one batched fetch item k+1 starts
+decoding while item k is augmented; each continues on its own streams: the draws of an item fetched alone.
 """
 
 from __future__ import annotations
@@ -28,36 +27,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _global_states() -> tuple:
+def _states() -> tuple:
     return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 
-def _set_global_states(states: tuple) -> None:
+def _set_states(states: tuple) -> None:
     random.setstate(states[0])
     np.random.set_state(states[1])
     torch.set_rng_state(states[2])
 
 
 class ItemStreams:
-    """One set of global RNG streams per seed; ``scope(k)`` makes item k's the global ones, then puts the caller's
-    back."""
+    """Global RNG streams per seed; ``scope(k)`` makes item k's the global ones, then puts the caller's back."""
 
     def __init__(self, seeds: Sequence[int]) -> None:
-        self.seeds = list(seeds)
-        self._states: list[tuple | None] = [None] * len(self.seeds)
+        self.seeds, self._states = list(seeds), [None] * len(seeds)
 
     @contextlib.contextmanager
     def scope(self, k: int) -> Iterator[None]:
-        caller = _global_states()
+        caller = _states()
         if self._states[k] is None:
             seed_everything(self.seeds[k])
         else:
-            _set_global_states(self._states[k])
+            _set_states(self._states[k])
         try:
             yield
         finally:
-            self._states[k] = _global_states()
-            _set_global_states(caller)
+            self._states[k] = _states()
+            _set_states(caller)
 
 
 def isolated_rng(seed: int) -> contextlib.AbstractContextManager[None]:
@@ -66,12 +63,9 @@ def isolated_rng(seed: int) -> contextlib.AbstractContextManager[None]:
 
 
 class SeededItems(Dataset):
-    """``dataset`` with each item's RNG seeded by (seed, epoch, index); ``epoch`` is set by the loop.
-
-    A batch goes to the dataset's batched fetch ``__getitems__(indices, streams=...)`` when it has one (the
-    ``ClipDataset``: one batch tensor, decode overlapped with augmentation, zero-copy collate); other datasets
-    are fetched item by item, each inside its own seeded scope.
-    """
+    """``dataset`` with each item's RNG seeded by (seed, epoch, index); the loop sets ``epoch``. A batch goes to
+    the dataset's batched fetch ``__getitems__(indices, streams=)`` where it has one (``ClipDataset``: one batch
+    tensor, decode overlapped with augmentation, zero-copy collate), else item by item."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOSS_TARGETS = ("videomae", "mae", "pixel")
@@ -16,6 +17,16 @@ STAGE_STRIDES = (4, 2, 2)
 TOKEN_PX = math.prod(STAGE_STRIDES)  # pixels per stage-3 token side
 # positions per stage-3 cell side at each level: pixels, stage 1, stage 2, stage 3 -> (16, 4, 2, 1)
 CELL_SIDES = tuple(math.prod(STAGE_STRIDES[k:]) for k in range(len(STAGE_STRIDES) + 1))
+
+
+def token_grid(sizes: Sequence[int], tubelet: int | None = None) -> tuple[int, ...]:
+    """Pixels (H, W), or (T, H, W) with ``tubelet`` frames per token -> the stage-3 grid; one line when they do
+    not divide."""
+    patch = (TOKEN_PX,) * 2 if tubelet is None else (tubelet, TOKEN_PX, TOKEN_PX)
+    sizes = tuple(int(v) for v in sizes)
+    if len(sizes) != len(patch) or any(s % p for s, p in zip(sizes, patch)):
+        raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(patch)}")
+    return tuple(s // p for s, p in zip(sizes, patch))
 
 
 def check_mask(mask_type: str | None, ratio: float | None, spatial_dims: int | None = None, key: str = "") -> None:

@@ -24,6 +24,7 @@ transformer's (xavier / trunc-normal) and all three conv embeds xavier as Linear
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from videoconvmae.models.config import CELL_SIDES, STAGE_STRIDES, TOKEN_PX, check_mask
+from videoconvmae.models.config import CELL_SIDES, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
 from videoconvmae.models.layers import (
     TRANSFORMER_NORM_EPS,
     Block,
@@ -141,10 +142,7 @@ class ConvMAEEncoder(nn.Module):
             raise ValueError(f"input: expected {want} for this {self.spatial_dims}D model, got {list(x_shape)}")
         if x_shape[1] != self.in_chans:
             raise ValueError(f"input: expected {self.in_chans} channels, got {x_shape[1]}")
-        sizes = tuple(x_shape[2:])
-        if any(s % p for s, p in zip(sizes, self.patch_size)):
-            raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(self.patch_size)}")
-        return tuple(s // p for s, p in zip(sizes, self.patch_size))
+        return token_grid(x_shape[2:], self.tubelet if self.spatial_dims == 3 else None)
 
     def fixed_pos_embed(self, grid: Sequence[int], dim: int, like: torch.Tensor) -> torch.Tensor:
         """[1, L, dim] fixed sin-cos embedding for ``grid``, cached per (grid, dim, device, dtype)."""
@@ -312,10 +310,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
     @property
     def patch_dim(self) -> int:
         """Values per reconstructed patch: 16*16*3 = 768 (image) or tubelet*16*16*3 (video)."""
-        n = self.in_chans
-        for p in self.patch_size:
-            n *= p
-        return n
+        return self.in_chans * math.prod(self.patch_size)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}  # a learned token embedding, like timm's cls_token
@@ -337,9 +332,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
                          u=self.tubelet, p=TOKEN_PX, q=TOKEN_PX)
 
     def _check_mask(self, mask: torch.Tensor, n: int, grid: Sequence[int]) -> torch.Tensor:
-        length = 1
-        for g in grid:
-            length *= g
+        length = math.prod(grid)
         if mask.dtype != torch.bool or tuple(mask.shape) != (n, length):
             raise ValueError(f"mask: expected bool [N={n}, L={length}] (True = masked) for grid {tuple(grid)}, "
                              f"got {mask.dtype} {list(mask.shape)}")

@@ -67,11 +67,9 @@ def depthwise_weight_layout(weight: torch.Tensor) -> torch.Tensor:
 
 
 class DenseLayout:
-    """One encoder level at every position: tokens channels-last ``[N, *grid, C]``.
-
-    ``keep`` [N, *grid, 1] (1 = visible) makes the depthwise conv the masked convolution of official ConvMAE: the
-    dense reference the visible-cell layout (models/sparse.py, the pretraining path) is tested against.
-    ``visible_idx`` [N, K]: the stage-3 tokens ``tokens`` keeps (None = all).
+    """One encoder level at every position: tokens channels-last ``[N, *grid, C]``. ``keep`` [N, *grid, 1] (1 =
+    visible) makes the depthwise conv the masked convolution of official ConvMAE: the dense reference the visible-
+    cell layout (models/sparse.py) is tested against. ``visible_idx`` [N, K]: the stage-3 tokens kept (None = all).
     """
 
     def __init__(self, keep: torch.Tensor | None = None, visible_idx: torch.Tensor | None = None) -> None:
@@ -104,9 +102,8 @@ EVERY_POSITION = DenseLayout()
 class PatchEmbed(nn.Module):
     """Non-overlapping conv (kernel = stride) -> LayerNorm over channels -> GELU (the official ``PatchEmbed``).
 
-    Without ``layout``: input channels-first ``[N, C_in, *grid]`` (as the official one), output channels-last
-    ``[N, *grid / kernel, C_out]``. With a layout (``DenseLayout`` or ``sparse.VisibleCells``): that layout's
-    tokens in, the same layout one level down out.
+    Without ``layout``: channels-first ``[N, C_in, *grid]`` in, channels-last ``[N, *grid / kernel, C_out]`` out;
+    with one (``DenseLayout``, ``sparse.VisibleCells``): that layout's tokens in, the next level's out.
     """
 
     def __init__(self, in_chans: int, embed_dim: int, kernel: Sequence[int], spatial_dims: int = 2):
@@ -267,7 +264,3 @@ def resample_pos_embed(table: torch.Tensor, old_grid: Sequence[int], new_grid: S
     if t0 != t1:
         x = F.interpolate(x.permute(0, 2, 1), size=t1, mode="linear", align_corners=False).permute(0, 2, 1)
     return x.permute(1, 0, 2).reshape(1, t1 * h1 * w1, dim)
-
-
-def num_tokens(grid: Sequence[int]) -> int:
-    return math.prod(grid)

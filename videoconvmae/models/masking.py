@@ -47,15 +47,12 @@ def num_visible_per_slice(cells_per_slice: int, ratio: float) -> int:
 
 def _random_mask_keeping(n: int, length: int, keep: int, generator: torch.Generator | None,
                          device: torch.device | str) -> torch.Tensor:
-    noise = _uniform(n, length, generator, torch.device(device))
+    if generator is not None:
+        noise = torch.rand(n, length, generator=generator, device=generator.device).to(device)
+    else:
+        noise = torch.rand(n, length, device=torch.device(device))
     rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each cell's noise; the smallest ones stay visible
     return rank >= keep
-
-
-def _uniform(n: int, length: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    if generator is not None:
-        return torch.rand(n, length, generator=generator, device=generator.device).to(device)
-    return torch.rand(n, length, device=device)
 
 
 def random_mask(n: int, length: int, ratio: float, generator: torch.Generator | None = None,

@@ -19,7 +19,7 @@ few positions are visible, at visible positions only, reading visible inputs onl
 grid at all). Either way nothing changes at visible positions. The result equals the dense masked-convolution
 reference up to float rounding (conv vs. matmul accumulation order); tests/test_models_sparse.py checks loss,
 predictions and every parameter gradient. Video cells have one stage-1 time step (the tubelet is folded into the
-cube embed and stages 2-3 have temporal stride 1), so 2D and 3D share all of this: only the grid rank differs.
+cube embed, stages 2-3 have temporal stride 1): 2D and 3D share all of this, only the grid rank differs.
 """
 
 from __future__ import annotations
@@ -186,10 +186,8 @@ class VisibleCells:
 
     def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, (T,) H, W] -> the visible cells' pixels [N, K, frames*sub*sub, C]."""
-        if len(self.grid) == 2:
-            cells = rearrange(x, "n c (h a) (w b) -> n (h w) (a b) c", a=self.sub, b=self.sub)
-        else:
-            cells = rearrange(x, "n c (t u) (h a) (w b) -> n (t h w) (u a b) c", u=self.frames, a=self.sub, b=self.sub)
+        x = x[:, :, None] if x.dim() == 4 else x  # an image is a clip of one frame
+        cells = rearrange(x, "n c (t u) (h a) (w b) -> n (t h w) (u a b) c", u=self.frames, a=self.sub, b=self.sub)
         return _gather_cells(cells, self.visible_idx)
 
     def window_conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -249,3 +249,17 @@ def test_bad_checkpoints_are_one_line_errors(k400, tmp_path):
         with pytest.raises(ConfigError, match=needle) as e:
             run_eval(_with(k400, checkpoint=str(path), out_dir=str(tmp_path / "out")))
         assert "\n" not in str(e.value)
+
+
+def test_eval_precision_follows_the_training_rule():
+    """fp16 on a CPU was silently evaluated in bf16; it is refused in one line, as training refuses it."""
+    from torch.utils.data import DataLoader
+
+    from videoconvmae.eval.multiview import predict
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="train.precision=fp16 needs a CUDA device"):
+        predict(model, DataLoader([]), torch.device("cpu"), "softmax", [0.5] * 3, [0.5] * 3, precision="fp16")
+    positions, scores, failed = predict(model, DataLoader([]), torch.device("cpu"), "softmax", [0.5] * 3,
+                                        [0.5] * 3, precision="bf16")
+    assert positions == [] and failed == []

@@ -138,6 +138,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
     ``aggregation=None`` keeps every view: scores [N, V, K] (views temporal-major, as ``ViewsDataset``)."""
     from tqdm import tqdm
 
+    check_precision(precision, device)  # the training rule: fp16 needs CUDA (never silently bf16)
     positions: list[int] = []
     scores: list[torch.Tensor] = []
     failed: list[tuple[int, str]] = []
@@ -210,7 +211,6 @@ def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torc
     was_initialised = dist.is_initialized()
     info = init_distributed(cfg.train.dist_backend, cfg.train.device)
     try:
-        check_precision(cfg.train.precision, info.device)  # the training rule: fp16 needs CUDA
         job_part = shard_indices(len(records), shard_i, shard_n, cfg.eval.shard_mode)
         mine = rank_part(job_part, info.rank, info.world_size, cfg.eval.shard_mode)
         model = build(info.device)

@@ -68,7 +68,8 @@ LOSS_TARGETS = ("videomae", "mae", "pixel")
 
 def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:
     """The grid of a 224-px input (16 frames for video), the size upstream tables are made for."""
-    return (224 // TOKEN_PX,) * 2 if spatial_dims == 2 else (16 // tubelet, *(224 // TOKEN_PX,) * 2)
+    side = 224 // TOKEN_PX
+    return (side, side) if spatial_dims == 2 else (16 // tubelet, side, side)
 
 
 class ConvMAEEncoder(nn.Module):
@@ -173,9 +174,8 @@ class ConvMAEEncoder(nn.Module):
 
     def layouts(self, mask: torch.Tensor | None, grid: Sequence[int], dtype: torch.dtype
                 ) -> tuple[torch.Tensor | None, list]:
-        """(visible_idx [N, K] or None, the layout of each level: pixels, stage 1, stage 2, stage 3): every
-        position without a mask; with one, the visible cells (``sparse_stages``) or the dense masked-convolution
-        reference."""
+        """(visible_idx [N, K] or None, the layout of each level: pixels, stages 1, 2, 3): every position without
+        a mask; with one, the visible cells (``sparse_stages``) or the dense masked-convolution reference."""
         if mask is None:
             return None, [DenseLayout()] * 4
         visible_idx = visible_indices(mask)

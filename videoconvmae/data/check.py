@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from videoconvmae.data.config import DataConfig
-from videoconvmae.data.records import VideoRecord, load_records
+from videoconvmae.data.records import IMAGE_EXTENSIONS, VideoRecord, load_records
 from videoconvmae.data.video import UnreadableError, read_clip
 
 

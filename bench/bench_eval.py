@@ -8,7 +8,7 @@
 Both pipelines run in this one process, on the same files, with the same decoder, one thread each, alternating
 (ours, baseline, ours, baseline, ...; the best of ``--repeats`` rounds is reported):
 
-- ours (``videoconvmae.eval.inputs.ViewsDataset``): open once, ``get_frames`` on the union of the 5 clips'
+- ours (``videoconvmae.data.views.ViewsDataset``): open once, ``get_frames`` on the union of the 5 clips'
   frames once, resize those frames once, cut all 15 views, normalise;
 - baseline, as VideoMAE ``kinetics.py`` test mode does for every one of the 15 (temporal, spatial) views:
   open, decode every ``sampling_rate``-th frame of the whole video, resize all of them, slice the clip,
@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from
 
 from videoconvmae.data.records import VideoRecord  # noqa: E402
 from videoconvmae.data.synth import encode_video  # noqa: E402
+from videoconvmae.data.transforms import normalize  # noqa: E402
 from videoconvmae.data.video import open_video  # noqa: E402
-from videoconvmae.eval.inputs import ViewsDataset, ViewSpec  # noqa: E402
-from videoconvmae.eval.views import (  # noqa: E402
+from videoconvmae.data.views import (  # noqa: E402
+    ViewsDataset,
+    ViewSpec,
     k400_temporal_views,
-    normalize,
     resize_frames,
     resized_hw,
     spatial_crop_origins,

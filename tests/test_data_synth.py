@@ -77,7 +77,7 @@ def _training_inputs(root) -> list[bytes]:
     """The pretraining items of the K400 train split, seeded as the trainer seeds them, as bytes."""
     from videoconvmae.config import load_config
     from videoconvmae.data import build_dataset
-    from videoconvmae.engine.trainer import SeededItems
+    from videoconvmae.data.seeding import SeededItems
 
     k = root / "k400"
     cfg = load_config("pretrain_k400_tiny", [f"data.root={k}", f"data.train_annotation={k}/train.csv",

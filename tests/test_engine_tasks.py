@@ -92,6 +92,30 @@ def test_pretrain_and_finetune_are_bitwise_repeatable_with_0_or_2_loader_workers
             assert all(torch.equal(a[k], b[k]) for k in a), (run, ("pretrain", "finetune")[stage])
 
 
+def test_the_training_loader_fetches_whole_batches_with_the_seeded_items(synth_root, tmp_path, monkeypatch):
+    """The Trainer's loader hands each batch to the dataset's batched fetch (one batch tensor, decode overlapped
+    with augmentation), not item by item; the batch equals the items fetched one at a time, bitwise."""
+    from videoconvmae.data.dataset import ClipDataset
+    from videoconvmae.engine.distributed import DistInfo
+    from videoconvmae.engine.tasks import build_parts
+    from videoconvmae.engine.trainer import Trainer
+
+    calls = []
+    fetch = ClipDataset.__getitems__
+    monkeypatch.setattr(ClipDataset, "__getitems__",
+                        lambda self, indices, streams=None: calls.append(len(indices)) or fetch(self, indices, streams))
+    cfg = video_cfg("pretrain_k400_tiny", synth_root, tmp_path, "data.num_workers=0")  # batch 5
+    trainer = Trainer(cfg, build_parts(cfg, DistInfo()), DistInfo())
+    try:
+        batch = next(iter(trainer.loader(1, 0)))
+        assert calls == [5]
+        alone = torch.stack([trainer.items[int(i)]["input"] for i in batch["index"]])
+        assert calls == [5] + [1] * 5 and torch.equal(batch["input"], alone)
+        assert not torch.equal(batch["input"][0], batch["input"][1])
+    finally:
+        trainer.close()
+
+
 def test_linear_probe_trains_only_the_head(synth_root, tmp_path, image_pretrain):
     pre_dir, _ = image_pretrain
     result = run_task(image_cfg("linprobe_in1k_tiny", synth_root, tmp_path, f"model.pretrained={pre_dir}/weights.pt",

@@ -9,10 +9,10 @@ import torch
 from videoconvmae.cli import main
 from videoconvmae.config import load_config, to_dict
 from videoconvmae.data.records import load_records
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.views import ViewsDataset
 from videoconvmae.eval.features import read_features
-from videoconvmae.eval.inputs import ViewsDataset
 from videoconvmae.eval.multiview import view_spec
-from videoconvmae.eval.views import normalize
 from videoconvmae.models import build_model
 
 VIEWS = ["eval.num_temporal_views=2", "eval.num_spatial_views=2"]

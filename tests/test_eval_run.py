@@ -16,11 +16,11 @@ import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
 from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
 from videoconvmae.data.records import load_records
-from videoconvmae.eval.inputs import ViewsDataset
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.views import ViewsDataset, k400_temporal_views
 from videoconvmae.eval.merge import merge_shards
 from videoconvmae.eval.metrics import load_predictions
 from videoconvmae.eval.multiview import run_eval, view_spec
-from videoconvmae.eval.views import k400_temporal_views, normalize
 from videoconvmae.models import build_model
 
 METRIC_KEYS = ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable", "num_assigned")
@@ -249,3 +249,17 @@ def test_bad_checkpoints_are_one_line_errors(k400, tmp_path):
         with pytest.raises(ConfigError, match=needle) as e:
             run_eval(_with(k400, checkpoint=str(path), out_dir=str(tmp_path / "out")))
         assert "\n" not in str(e.value)
+
+
+def test_eval_precision_follows_the_training_rule():
+    """fp16 on a CPU was silently evaluated in bf16; it is refused in one line, as training refuses it."""
+    from torch.utils.data import DataLoader
+
+    from videoconvmae.eval.multiview import predict
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="train.precision=fp16 needs a CUDA device"):
+        predict(model, DataLoader([]), torch.device("cpu"), "softmax", [0.5] * 3, [0.5] * 3, precision="fp16")
+    positions, scores, failed = predict(model, DataLoader([]), torch.device("cpu"), "softmax", [0.5] * 3,
+                                        [0.5] * 3, precision="bf16")
+    assert positions == [] and failed == []

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from videoconvmae.eval.views import (
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.views import (
     ViewPlan,
     cut_views,
     k400_temporal_views,
-    normalize,
     plan_video_views,
     resized_hw,
     spatial_crop_origins,

@@ -121,3 +121,19 @@ def test_models_cli_prints_params_against_table7(capsys):
     assert "videoconvmae_base_pretrain" in out and float(total) > float(encoder)
     assert main(["models"]) == 0
     assert "videoconvmae_tiny_cls" in capsys.readouterr().out.split()
+
+
+def test_one_mask_check_for_the_config_the_model_and_the_mask():
+    from videoconvmae.models import create_model
+    from videoconvmae.models.config import ModelConfig
+
+    for build in (lambda: ModelConfig(mask_ratio=1.0), lambda: create_model("convmae_tiny_pretrain", mask_ratio=1.0),
+                  lambda: make_mask("block", 1, (2, 2), 1.0), lambda: make_mask("block", 1, (2, 2), 0.0)):
+        with pytest.raises(ValueError, match=r"mask_ratio: expected a value in \(0, 1\)"):
+            build()
+    for build in (lambda: ModelConfig(mask_type="grid"),
+                  lambda: create_model("convmae_tiny_pretrain", mask_type="grid")):
+        with pytest.raises(ValueError, match=r"mask_type: expected block\|tube\|random, got 'grid'"):
+            build()
+    with pytest.raises(ValueError, match="'tube' needs a video"):
+        create_model("convmae_tiny_pretrain", mask_type="tube")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from videoconvmae.data.config import DataConfig
-from videoconvmae.data.records import VideoRecord, load_records
+from videoconvmae.data.records import IMAGE_EXTENSIONS, VideoRecord, load_records
 from videoconvmae.data.video import UnreadableError, read_clip
 
 
@@ -47,7 +47,7 @@ def _check_one(record: VideoRecord, decoder: str, frames: int, timeout_s: float)
         return np.unique(np.linspace(0, num_frames - 1, num=min(frames, num_frames)).round().astype(np.int64))
 
     try:
-        if record.path.lower().endswith((".jpeg", ".jpg", ".png", ".bmp", ".webp")):
+        if record.path.lower().endswith(IMAGE_EXTENSIONS):
             read_image(record.path, timeout_s)
         else:
             read_clip(record.path, decoder, whole_span, timeout_s)

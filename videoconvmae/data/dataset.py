@@ -16,6 +16,7 @@ split only); ``label`` / ``index`` are repeated R times in the batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import Counter
@@ -31,6 +32,7 @@ from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
 from videoconvmae.data.sampling import clip_indices, clip_sampling
+from videoconvmae.data.seeding import ItemStreams
 from videoconvmae.data.transforms import ClipTransform
 from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 
@@ -100,10 +102,6 @@ class ClipDataset(Dataset):
         rng = random.Random(random.getrandbits(64))  # drawn here: the decode thread must not share `random`
         return start_clip_read(record.path, self.cfg.decoder, lambda n, fps: self.choose_indices(n, rng), timeout)
 
-    def load(self, record: VideoRecord) -> np.ndarray:
-        """uint8 [T, H, W, 3] (T = 1 for images); raises UnreadableError."""
-        return self.start_load(record)()
-
     def replacement(self, index: int, attempt: int) -> int:
         """The deterministic stand-in for unreadable item ``index`` at retry ``attempt``."""
         return int(np.random.default_rng([self.cfg.seed, index, attempt]).integers(len(self.records)))
@@ -116,20 +114,29 @@ class ClipDataset(Dataset):
         size = self.cfg.input_size
         return (3, size, size) if self.is_image else (3, self.sampling.num_frames, size, size)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: Sequence[int], streams: ItemStreams | None = None) -> list[dict[str, Any]]:
         """Items of a batch, augmented straight into the rows of one batch tensor (shared memory in a worker, so
         ``collate`` and the hand-over to the main process copy nothing); the next item decodes in the decode
-        thread while this one is augmented."""
+        thread while this one is augmented. ``streams``: item k draws from its own RNG streams (``SeededItems``);
+        None: from the global ones."""
+        scope = streams.scope if streams is not None else lambda k: contextlib.nullcontext()
+
+        def start(k: int) -> Callable[[], np.ndarray]:
+            with scope(k):
+                return self.start_load(self.records[indices[k]])
+
         r = self.num_clips
         batch = _new_tensor((len(indices) * r, *self.clip_shape()))
         items = []
-        pending = self.start_load(self.records[indices[0]]) if len(indices) else None
+        pending = start(0) if len(indices) else None
         for k, index in enumerate(indices):
-            frames, record, skips, bad_files = self._wait_with_retries(index, pending)
-            pending = self.start_load(self.records[indices[k + 1]]) if k + 1 < len(indices) else None
+            with scope(k):
+                frames, record, skips, bad_files = self._wait_with_retries(index, pending)
+            pending = start(k + 1) if k + 1 < len(indices) else None
             rows = batch[k * r:(k + 1) * r]
-            for row in rows:
-                self.transform(frames, out=row.unsqueeze(1) if self.is_image else row)
+            with scope(k):
+                for row in rows:
+                    self.transform(frames, out=row.unsqueeze(1) if self.is_image else row)
             items.append({"input": rows[0] if r == 1 else rows, "label": record.label, "index": int(index),
                           "num_clips": r, "skips": skips, "skipped_files": bad_files, "_batch": batch})
         return items

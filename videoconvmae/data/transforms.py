@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -96,6 +97,21 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int,
     if (ch, cw) != (size, size):
         x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=max(ch, cw) > size)
     return x
+
+
+def normalization(mean: Sequence[float], std: Sequence[float], ndim: int,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), float32 [3, 1, ...] of ``ndim`` dims: normalised = uint8 * scale + shift, which is
+    ``(x / 255 - mean) / std`` in ONE fused pass (``addcmul`` promotes the uint8 operand)."""
+    shape = (3,) + (1,) * (ndim - 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
+    return 1.0 / (255.0 * std_t), -torch.tensor(mean, dtype=torch.float32, device=device).view(shape) / std_t
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``[N, 3, ...]`` -> float32 ``(x / 255 - mean) / std`` per channel (dimension 1)."""
+    scale, shift = normalization(mean, std, x.dim() - 1, x.device)
+    return torch.addcmul(shift, x, scale)
 
 
 def resize_mode(cfg: DataConfig) -> str:
@@ -182,9 +198,7 @@ class ClipTransform:
         self.randaug = ClipRandAugment(cfg.randaug, cfg.input_size, cfg.mean) if (
             train and mode == "finetune" and cfg.randaug) else None
         self.erasing = ClipErasing(cfg.reprob) if train and mode == "finetune" and cfg.reprob > 0 else None
-        std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1, 1)
-        self._scale = 1.0 / (255.0 * std)  # normalised = uint8 * scale + shift, in one fused pass
-        self._shift = -torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1, 1) / std
+        self._scale, self._shift = normalization(cfg.mean, cfg.std, 4)
 
     def box(self, h: int, w: int, rng: random.Random) -> tuple[int, int, int, int]:
         cfg = self.cfg
@@ -206,8 +220,7 @@ class ClipTransform:
             x = hflip_clip(x)
         if out is None:
             out = torch.empty((3, *x.shape[:1], *x.shape[2:]), dtype=torch.float32)
-        # uint8 -> normalised float in ONE pass (addcmul promotes the uint8 operand), channels to the front
-        x = torch.addcmul(self._shift, x.transpose(0, 1), self._scale, out=out)
+        x = torch.addcmul(self._shift, x.transpose(0, 1), self._scale, out=out)  # channels to the front
         if self.erasing is not None:
             x = self.erasing(x)
         return x

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from videoconvmae.config import Config, ConfigError
+from videoconvmae.data.seeding import isolated_rng, seed_everything
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from videoconvmae.engine.trainer import (
     LossFn,
@@ -22,8 +23,6 @@ from videoconvmae.engine.trainer import (
     Trainer,
     autocast_for,
     check_precision,
-    isolated_rng,
-    seed_everything,
 )
 
 TRAIN_TASKS = ("pretrain", "finetune", "linprobe")

@@ -9,7 +9,6 @@ resumed run continues with exactly the next batch, the same RNG states and the s
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 import warnings
@@ -18,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from videoconvmae.config import Config, ConfigError, code_version, save_config, to_dict
+from videoconvmae.data.seeding import SeededItems, seed_everything
 from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine import fsdp
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, broadcast_object
@@ -56,59 +55,6 @@ class TaskParts:
     ema: Any = None  # timm ModelEmaV3 (or alike): update(model, step), .module
     find_unused_parameters: bool = False  # the task knows some trainable parameters get no gradient (DDP)
     export_state: Callable[[nn.Module], dict] | None = None  # model -> state for weights.pt (default: state_dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def isolated_rng(seed: int):
-    """Seed python / numpy / torch for one data item, then put the caller's RNG states back."""
-    py, npy, pt = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    seed_everything(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(pt)
-
-
-class SeededItems(Dataset):
-    """Each item's augmentation RNG is seeded by (seed, epoch, index).
-
-    Why: worker processes draw augmentations from per-worker RNG streams, so which item gets which random
-    crop depends on worker count and on where the iterator started. Seeding per item makes a resumed
-    mid-epoch run (and any ``num_workers``) produce exactly the same batches.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def key(self, index: int) -> int:
-        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % (2**63 - 1)
-
-    def __getitem__(self, index: int):
-        with isolated_rng(self.key(index)):
-            return self.dataset[index]
-
-    def row_seeds(self, index: torch.Tensor) -> torch.Tensor:
-        """long [B]: a seed per batch row from (seed, epoch, item, repeat slot) for randomness drawn on the
-        device (pretraining masks), so it does not depend on the number of processes or the batch split.
-        ``index`` [B] holds each row's item; the R repeated-augmentation rows of an item get slots 0..R-1."""
-        seen: dict[int, int] = {}
-        seeds = []
-        for i in index.tolist():
-            slot = seen.get(i, 0)
-            seen[i] = slot + 1
-            seeds.append((self.key(i) * 31 + slot + 1) % (2**63 - 1))
-        return torch.tensor(seeds, dtype=torch.long)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -405,7 +351,8 @@ class Trainer:
                           "with a new train.output_dir (or train.resume=none train.overwrite=true)")
 
     # ------------------------------------------------------------------------------------------- loop
-    def _loader(self, epoch: int, in_epoch_steps: int) -> DataLoader:
+    def loader(self, epoch: int, in_epoch_steps: int) -> DataLoader:
+        """The training batches of ``epoch`` from step ``in_epoch_steps`` on (bench/bench_data.py measures it)."""
         self.sampler.set_epoch(epoch, in_epoch_steps * self.batch_size * self.accum)
         self.items.epoch = epoch
         nw = self.cfg.data.num_workers
@@ -567,7 +514,7 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-                batches = iter(self._loader(epoch, in_epoch))
+                batches = iter(self.loader(epoch, in_epoch))
                 for _ in range(in_epoch, self.steps_per_epoch):
                     out = self._train_step(batches)
                     self.step += 1

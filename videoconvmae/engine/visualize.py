@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from videoconvmae.config import Config, ConfigError, from_dict
-from videoconvmae.data import sampling
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from videoconvmae.data.records import IMAGE_EXTENSIONS
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.video import UnreadableError
+from videoconvmae.data.views import ViewSpec, decode_video_views, load_image_views
 
 
 def load_pretrain_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
@@ -44,56 +44,26 @@ def load_pretrain_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config
     return model.eval(), cfg
 
 
-def _resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """[T, 3, H, W] float -> [T, 3, size, size]: short side to ``size``, then the centre square."""
-    h, w = frames.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return frames[..., top:top + size, left:left + size]
-
-
-def clip_indices(num_frames_in_video: int, cfg: Config) -> list[int]:
-    """The clip the pretrain run would see, at its test-time (centred) position (data/sampling.py)."""
-    return sampling.clip_indices(pretrain_sampling(cfg), num_frames_in_video, train=False).tolist()
-
-
-def pretrain_sampling(cfg: Config) -> sampling.ClipSampling:
-    return sampling.clip_sampling(cfg.data, "pretrain")
-
-
 def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor, float]:
-    """Normalised model input ``[1, 3, (T,) S, S]`` and the fps for the output video."""
+    """Normalised model input ``[1, 3, (T,) S, S]`` (the pretrain run's clip sampling, its centred test view of
+    the whole centre square: data/views.py) and the fps for the output video."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: input file not found")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))[None]  # [1, H, W, 3]
-        fps = 1.0
+    spec = dataclasses.replace(ViewSpec.of(cfg.data, "pretrain"), short_side=cfg.data.input_size)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        views, fps = load_image_views(str(path), spec), 1.0  # [1, 3, S, S]
         if video:  # a still image as a static clip
-            arr = np.repeat(arr, pretrain_sampling(cfg).num_frames, axis=0)
+            views = views[:, :, None].expand(-1, -1, spec.clip_len, -1, -1)
+    elif not video:
+        raise ConfigError(f"{path}: an image model needs an image input ({', '.join(IMAGE_EXTENSIONS)})")
     else:
-        if not video:
-            raise ConfigError(f"{path}: an image model needs an image input ({', '.join(IMAGE_SUFFIXES)})")
-        from videoconvmae.data import open_video
-
-        reader = open_video(str(path), cfg.data.decoder)
         try:
-            arr = reader.get_frames(clip_indices(reader.num_frames, cfg))
-            fps = float(reader.fps or 25.0) / pretrain_sampling(cfg).sampling_rate
-        finally:
-            reader.close()
-    frames = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float() / 255.0
-    frames = _resize_center_crop(frames, cfg.data.input_size)
-    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
-    frames = (frames - mean) / std
-    x = frames.permute(1, 0, 2, 3)[None] if video else frames  # [1, 3, T, S, S] or [1, 3, S, S]
-    return x, fps
+            views, plan = decode_video_views(str(path), spec)  # [1, 3, T, S, S]
+        except UnreadableError as e:
+            raise ConfigError(str(e)) from None
+        fps = (plan.fps or 25.0) / spec.sampling_rate
+    return normalize(views, cfg.data.mean, cfg.data.std), fps
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from videoconvmae.eval.sharding import parse_shard
+
 
 @dataclass
 class EvalConfig:
@@ -21,9 +23,7 @@ class EvalConfig:
     confusion_max_classes: int = 1000  # draw the confusion-matrix PNG only up to this many classes (0 = never)
 
     def __post_init__(self) -> None:
-        i, _, n = self.shard.partition("/")
-        if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
-            raise ValueError(f"eval.shard: expected i/n with 0 <= i < n (e.g. 0/4), got {self.shard!r}")
+        parse_shard(self.shard)
         if self.aggregation not in ("softmax", "logits"):
             raise ValueError(f"eval.aggregation: expected softmax|logits, got {self.aggregation!r}")
         if self.shard_mode not in ("contiguous", "strided"):

@@ -9,7 +9,6 @@ writes the report (``report.py``). The checkpoint's saved ``model`` section deci
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,13 +22,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from videoconvmae.config import Config, ConfigError, from_dict
-from videoconvmae.data.sampling import clip_sampling, model_input_shape
+from videoconvmae.data.sampling import model_input_shape
+from videoconvmae.data.transforms import normalize
+from videoconvmae.data.views import ViewsDataset, ViewSpec, collate_items
+from videoconvmae.engine.trainer import autocast_for, check_precision
 from videoconvmae.eval.checkpoint import load_eval_checkpoint
-from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.eval.metrics import aggregate
 from videoconvmae.eval.report import write_report
 from videoconvmae.eval.sharding import parse_shard, rank_part, shard_indices
-from videoconvmae.eval.views import normalize
 from videoconvmae.models.config import ModelConfig
 
 PAPER_TEMPORAL_VIEWS = {"k400": 5, "ssv2": 2}
@@ -51,17 +51,7 @@ def num_views(cfg: Config) -> tuple[int, int]:
 
 
 def view_spec(cfg: Config) -> ViewSpec:
-    d = cfg.data
-    t, s = num_views(cfg)
-    sampling = clip_sampling(d, "eval") if d.dataset != "imagefolder" else None
-    return ViewSpec(dataset=d.dataset, sampling=sampling.kind if sampling else "dense",
-                    clip_len=sampling.num_frames if sampling else 1,
-                    sampling_rate=sampling.sampling_rate if sampling else 1,
-                    num_segments=sampling.num_frames if sampling else 1, short_side=d.short_side_size,
-                    crop=d.input_size,
-                    num_temporal=t, num_spatial=s, mean=tuple(d.mean), std=tuple(d.std), decoder=d.decoder,
-                    decode_timeout_s=d.decode_timeout_s,
-                    image_interpolation=cfg.eval.image_interpolation)
+    return ViewSpec.of(cfg.data, "eval", *num_views(cfg), image_interpolation=cfg.eval.image_interpolation)
 
 
 def protocol_text(cfg: Config) -> str:
@@ -139,13 +129,6 @@ def output_dir(cfg: Config) -> Path:
     return base / f"shard-{i}-of-{n}" if n > 1 else base
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext()
-
-
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, aggregation: str | None,
             mean: list[float], std: list[float], precision: str = "fp32",
@@ -155,6 +138,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
     ``aggregation=None`` keeps every view: scores [N, V, K] (views temporal-major, as ``ViewsDataset``)."""
     from tqdm import tqdm
 
+    check_precision(precision, device)  # the training rule: fp16 needs CUDA (never silently bf16)
     positions: list[int] = []
     scores: list[torch.Tensor] = []
     failed: list[tuple[int, str]] = []
@@ -165,7 +149,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
         if ok:
             v = ok[0]["views"].shape[0]
             x = normalize(torch.cat([it["views"] for it in ok]).to(device, non_blocking=True), mean, std)
-            with _autocast(device, precision):
+            with autocast_for(precision, device):
                 logits = model(x)
             per_view = logits.float().view(len(ok), v, -1)
             scores.append((per_view if aggregation is None else aggregate(per_view, aggregation)).cpu())

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOSS_TARGETS = ("videomae", "mae", "pixel")
 POS_EMBEDS = ("fixed", "learnable")
 CONV_INITS = ("official", "transformer")
-TOKEN_PX = 16  # pixels per stage-3 token side (patch embeds 4 x 2 x 2), models/convmae.py
+MASK_TYPES = ("block", "tube", "random")
 DEFAULT_TUBELET = 2  # frames per token when model.tubelet is None, models/registry.py
+# The encoder's geometry, the one table every factor derives from: the spatial stride of patch_embed1..3 (ConvMAE;
+# in time only patch_embed1 strides, by the tubelet).
+STAGE_STRIDES = (4, 2, 2)
+TOKEN_PX = math.prod(STAGE_STRIDES)  # pixels per stage-3 token side
+# positions per stage-3 cell side at each level: pixels, stage 1, stage 2, stage 3 -> (16, 4, 2, 1)
+CELL_SIDES = tuple(math.prod(STAGE_STRIDES[k:]) for k in range(len(STAGE_STRIDES) + 1))
+
+
+def token_grid(sizes: Sequence[int], tubelet: int | None = None) -> tuple[int, ...]:
+    """Pixels (H, W), or (T, H, W) with ``tubelet`` frames per token -> the stage-3 grid; one line when they do
+    not divide."""
+    patch = (TOKEN_PX,) * 2 if tubelet is None else (tubelet, TOKEN_PX, TOKEN_PX)
+    sizes = tuple(int(v) for v in sizes)
+    if len(sizes) != len(patch) or any(s % p for s, p in zip(sizes, patch)):
+        raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(patch)}")
+    return tuple(s // p for s, p in zip(sizes, patch))
+
+
+def check_mask(mask_type: str | None, ratio: float | None, spatial_dims: int | None = None, key: str = "") -> None:
+    """The one check of a mask setting (None = not set): ``mask_type`` one of MASK_TYPES (``tube`` needs video),
+    ``ratio`` in (0, 1) (0 hides nothing: loss and gradients would be 0). ``key`` prefixes the message."""
+    if mask_type is not None and mask_type not in MASK_TYPES:
+        raise ValueError(f"{key}mask_type: expected {'|'.join(MASK_TYPES)}, got {mask_type!r}")
+    if mask_type == "tube" and spatial_dims == 2:
+        raise ValueError(f"{key}mask_type: 'tube' needs a video (t, h, w) grid, got an image model / grid")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise ValueError(f"{key}mask_ratio: expected a value in (0, 1), got {ratio}")
 
 
 @dataclass
@@ -30,22 +59,17 @@ class ModelConfig:
     pretrained: str = ""  # checkpoint to initialise from (ours or official ConvMAE; 2D is inflated to 3D)
 
     def __post_init__(self) -> None:
-        if self.mask_type not in (None, "block", "tube", "random"):
-            raise ValueError(f"model.mask_type: expected block|tube|random, got {self.mask_type!r}")
-        if self.mask_ratio is not None and not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"model.mask_ratio: expected a value in [0, 1), got {self.mask_ratio}")
+        check_mask(self.mask_type, self.mask_ratio, key="model.")
         for key, value, allowed in (("loss_target", self.loss_target, LOSS_TARGETS),
                                     ("pos_embed", self.pos_embed, POS_EMBEDS)):
             if value is not None and value not in allowed:
                 raise ValueError(f"model.{key}: expected {'|'.join(allowed)}, got {value!r}")
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"model.conv_init: expected {'|'.join(CONV_INITS)}, got {self.conv_init!r}")
-        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:  # 0 hides nothing: loss and grads 0
-            raise ValueError(f"model.mask_ratio: expected a value in (0, 1), got {self.mask_ratio}")
 
     def check_input(self, input_size: int, num_frames: int | None) -> None:
         """Raise ValueError unless the model takes ``input_size`` px clips of ``num_frames`` (None: images):
-        sizes divisible by the stage-3 token (16 px; ``tubelet`` frames, arch default 2)."""
+        sizes divisible by the stage-3 token (TOKEN_PX; ``tubelet`` frames, arch default 2)."""
         if input_size < TOKEN_PX or input_size % TOKEN_PX:
             raise ValueError(f"data.input_size: expected a multiple of {TOKEN_PX} (the model's token size), got "
                              f"{input_size}")

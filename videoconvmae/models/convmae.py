@@ -24,6 +24,7 @@ transformer's (xavier / trunc-normal) and all three conv embeds xavier as Linear
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,10 +34,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from videoconvmae.models.config import CELL_SIDES, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
 from videoconvmae.models.layers import (
     TRANSFORMER_NORM_EPS,
     Block,
     ConvBlock,
+    DenseLayout,
     PatchEmbed,
     channels_first,
     conv_nd,
@@ -45,17 +48,17 @@ from videoconvmae.models.layers import (
     trunc_normal_,
 )
 from videoconvmae.models.masking import make_mask, sample_masks, upsample_keep, visible_indices
-from videoconvmae.models.sparse import encode_visible_stages, fused_visible
+from videoconvmae.models.sparse import VisibleCells
 
 
 @dataclass
 class EncoderOutput:
     latent: torch.Tensor  # [N, L_vis, C3] stage-3 tokens after fusion and norm (all L tokens when unmasked)
-    stage1: torch.Tensor  # dense [N, *grid1, C1] (masked positions hold garbage by design) or, on the sparse
-    #                       path, [N, L_vis, 16, C1]: the visible cells' 4x4 stage-1 positions (models/sparse.py)
-    stage2: torch.Tensor  # dense [N, *grid2, C2] or sparse [N, L_vis, 4, C2]
+    stage1: torch.Tensor  # in the encoder's layout: dense [N, *grid1, C1] (masked positions hold garbage by
+    #                       design) or visible cells [N, L_vis, 16, C1] (models/sparse.py)
+    stage2: torch.Tensor  # dense [N, *grid2, C2] or visible cells [N, L_vis, 4, C2]
     visible_idx: torch.Tensor | None  # [N, L_vis] indices into the stage-3 grid; None = all tokens
-    sparse: bool = False  # whether stage1 / stage2 are in the visible-cell layout
+    sparse: bool = False  # whether the layout was the visible-cell one
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,7 +68,8 @@ LOSS_TARGETS = ("videomae", "mae", "pixel")
 
 def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:
     """The grid of a 224-px input (16 frames for video), the size upstream tables are made for."""
-    return (14, 14) if spatial_dims == 2 else (16 // tubelet, 14, 14)
+    side = 224 // TOKEN_PX
+    return (side, side) if spatial_dims == 2 else (16 // tubelet, side, side)
 
 
 class ConvMAEEncoder(nn.Module):
@@ -92,9 +96,10 @@ class ConvMAEEncoder(nn.Module):
         def kernel(stride: int, t: int = 1) -> tuple[int, ...]:
             return (stride, stride) if spatial_dims == 2 else (t, stride, stride)
 
-        self.patch_embed1 = PatchEmbed(in_chans, c1, kernel(4, self.tubelet), spatial_dims)
-        self.patch_embed2 = PatchEmbed(c1, c2, kernel(2), spatial_dims)
-        self.patch_embed3 = PatchEmbed(c2, c3, kernel(2), spatial_dims)
+        s1, s2, s3 = STAGE_STRIDES
+        self.patch_embed1 = PatchEmbed(in_chans, c1, kernel(s1, self.tubelet), spatial_dims)
+        self.patch_embed2 = PatchEmbed(c1, c2, kernel(s2), spatial_dims)
+        self.patch_embed3 = PatchEmbed(c2, c3, kernel(s3), spatial_dims)
         self.patch_embed4 = nn.Linear(c3, c3)
 
         total = sum(depths)  # stochastic depth grows linearly with depth (plain floats: works on the meta device)
@@ -105,9 +110,10 @@ class ConvMAEEncoder(nn.Module):
         self.blocks2 = nn.ModuleList(
             ConvBlock(c2, mlp_ratios[1], spatial_dims, temporal_kernel, dpr[d1 + i]) for i in range(d2))
         self.blocks3 = nn.ModuleList(Block(c3, num_heads, mlp_ratios[2], dpr[d1 + d2 + i]) for i in range(d3))
-        if stage_decodes:
-            self.stage1_output_decode = conv_nd(spatial_dims)(c1, c3, kernel(4), stride=kernel(4))
-            self.stage2_output_decode = conv_nd(spatial_dims)(c2, c3, kernel(2), stride=kernel(2))
+        if stage_decodes:  # one stage-3 cell per window
+            w1, w2 = kernel(CELL_SIDES[1]), kernel(CELL_SIDES[2])
+            self.stage1_output_decode = conv_nd(spatial_dims)(c1, c3, w1, stride=w1)
+            self.stage2_output_decode = conv_nd(spatial_dims)(c2, c3, w2, stride=w2)
         self.fuse_stages = stage_decodes and fuse_stages
         self.norm = nn.LayerNorm(c3, eps=TRANSFORMER_NORM_EPS) if final_norm else nn.Identity()
         self.grad_checkpointing = False
@@ -127,7 +133,7 @@ class ConvMAEEncoder(nn.Module):
     @property
     def patch_size(self) -> tuple[int, ...]:
         """Pixels per stage-3 token: (16, 16) or (tubelet, 16, 16)."""
-        return (16, 16) if self.spatial_dims == 2 else (self.tubelet, 16, 16)
+        return (TOKEN_PX, TOKEN_PX) if self.spatial_dims == 2 else (self.tubelet, TOKEN_PX, TOKEN_PX)
 
     def token_grid(self, x_shape: Sequence[int]) -> tuple[int, ...]:
         """The stage-3 grid for an input of shape ``[N, C, (T,) H, W]``; raises one clear line on a bad size."""
@@ -137,10 +143,7 @@ class ConvMAEEncoder(nn.Module):
             raise ValueError(f"input: expected {want} for this {self.spatial_dims}D model, got {list(x_shape)}")
         if x_shape[1] != self.in_chans:
             raise ValueError(f"input: expected {self.in_chans} channels, got {x_shape[1]}")
-        sizes = tuple(x_shape[2:])
-        if any(s % p for s, p in zip(sizes, self.patch_size)):
-            raise ValueError(f"input: size {list(sizes)} must be divisible by the token size {list(self.patch_size)}")
-        return tuple(s // p for s, p in zip(sizes, self.patch_size))
+        return token_grid(x_shape[2:], self.tubelet if self.spatial_dims == 3 else None)
 
     def fixed_pos_embed(self, grid: Sequence[int], dim: int, like: torch.Tensor) -> torch.Tensor:
         """[1, L, dim] fixed sin-cos embedding for ``grid``, cached per (grid, dim, device, dtype)."""
@@ -167,27 +170,41 @@ class ConvMAEEncoder(nn.Module):
     def stage_keeps(self, mask: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Visible masks for stages 1 and 2, [N, *grid_k, 1], upsampled (nearest) x4 / x2 from the stage-3 mask."""
         keep3 = (~mask).reshape(mask.shape[0], *grid)
-        return upsample_keep(keep3, 4)[..., None], upsample_keep(keep3, 2)[..., None]
+        return upsample_keep(keep3, CELL_SIDES[1])[..., None], upsample_keep(keep3, CELL_SIDES[2])[..., None]
+
+    def layouts(self, mask: torch.Tensor | None, grid: Sequence[int], dtype: torch.dtype
+                ) -> tuple[torch.Tensor | None, list]:
+        """(visible_idx [N, K] or None, the layout of each level: pixels, stages 1, 2, 3): every position without
+        a mask; with one, the visible cells (``sparse_stages``) or the dense masked-convolution reference."""
+        if mask is None:
+            return None, [DenseLayout()] * 4
+        visible_idx = visible_indices(mask)
+        if self.sparse_stages:
+            return visible_idx, [VisibleCells(visible_idx, grid, side, self.tubelet if level == 0 else 1)
+                                 for level, side in enumerate(CELL_SIDES)]
+        keep1, keep2 = (k.to(dtype) for k in self.stage_keeps(mask, grid))
+        return visible_idx, [DenseLayout(), DenseLayout(keep1), DenseLayout(keep2), DenseLayout(None, visible_idx)]
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
         """x: [N, C, (T,) H, W]; mask: [N, L] bool, True = masked (None = encode every token, no masking)."""
         grid = self.token_grid(x.shape)
-        keep1 = keep2 = visible_idx = None
-        if mask is not None:
-            keep1, keep2 = (k.to(x.dtype) for k in self.stage_keeps(mask, grid))
-            visible_idx = visible_indices(mask)
-
-        sparse = visible_idx is not None and self.sparse_stages
-        if sparse:
-            vis = encode_visible_stages(self, x, visible_idx, grid)
-            x, stage1, stage2 = vis.tokens, vis.stage1, vis.stage2
-        else:
-            x, stage1, stage2 = self._dense_stages(x, grid, keep1, keep2, visible_idx)
+        visible_idx, (pixels, level1, level2, level3) = self.layouts(mask, grid, x.dtype)
+        h = self.patch_embed1(pixels.from_pixels(x), pixels)
+        for blk in self.blocks1:
+            h = self._run(blk, h, level1)
+        stage1 = h
+        h = self.patch_embed2(h, level1)
+        for blk in self.blocks2:
+            h = self._run(blk, h, level2)
+        stage2 = h
+        h = self.patch_embed4(self.patch_embed3(h, level2))  # [N, *grid, C3] or [N, K, 1, C3]
+        h = level3.tokens(h, self.encoder_pos_embed(grid, h))
         for blk in self.blocks3:
-            x = self._run(blk, x)
-        if self.fuse_stages:
-            x = x + (fused_visible(self, stage1, stage2) if sparse else self._dense_fusion(stage1, stage2, visible_idx))
-        return EncoderOutput(self.norm(x), stage1, stage2, visible_idx, sparse)
+            h = self._run(blk, h)
+        if self.fuse_stages:  # Eq. 1: each stage-3 cell's window of stages 1 and 2
+            h = h + (level3.tokens(level1.window_conv(self.stage1_output_decode, stage1))
+                     + level3.tokens(level2.window_conv(self.stage2_output_decode, stage2)))
+        return EncoderOutput(self.norm(h), stage1, stage2, visible_idx, isinstance(level1, VisibleCells))
 
     def forward_features(self, x: torch.Tensor, stages: Sequence[int] = (1, 2, 3, 4)) -> list[torch.Tensor]:
         """The multi-scale maps ``E_s`` for s in ``stages`` (paper §2.3, for detection / segmentation heads),
@@ -207,33 +224,6 @@ class ConvMAEEncoder(nn.Module):
         if 4 in stages:
             maps[4] = F.max_pool2d(e3, 2) if self.spatial_dims == 2 else F.max_pool3d(e3, (1, 2, 2))
         return [maps[s].contiguous() for s in stages]
-
-    def _dense_stages(self, x: torch.Tensor, grid: Sequence[int], keep1: torch.Tensor | None,
-                      keep2: torch.Tensor | None, visible_idx: torch.Tensor | None):
-        """Stages 1-2 on every position (masked convolution via ``keep``), then the stage-3 embed + pos; the
-        reference for the sparse path and the classifier's (unmasked) path."""
-        x = self.patch_embed1(x)
-        for blk in self.blocks1:
-            x = self._run(blk, x, keep1)
-        stage1 = x
-        x = self.patch_embed2(channels_first(x))
-        for blk in self.blocks2:
-            x = self._run(blk, x, keep2)
-        stage2 = x
-        x = self.patch_embed3(channels_first(x)).flatten(1, -2)  # [N, L, C3]
-        x = self.patch_embed4(x)
-        x = x + self.encoder_pos_embed(grid, x)
-        if visible_idx is not None:
-            x = gather_tokens(x, visible_idx)
-        return x, stage1, stage2
-
-    def _dense_fusion(self, stage1: torch.Tensor, stage2: torch.Tensor,
-                      visible_idx: torch.Tensor | None) -> torch.Tensor:
-        fused = 0
-        for decode, feat in ((self.stage1_output_decode, stage1), (self.stage2_output_decode, stage2)):
-            tokens = decode(channels_first(feat)).flatten(2).transpose(1, 2)  # [N, L, C3]
-            fused = fused + (gather_tokens(tokens, visible_idx) if visible_idx is not None else tokens)
-        return fused
 
     sparse_stages = False  # visible-only stages 1-2 when a mask is given (the pretrain model turns it on)
 
@@ -272,11 +262,6 @@ class ConvMAEEncoder(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
 
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: [N, L, C], idx: [N, K] -> [N, K, C]."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-
-
 class ConvMAEPretrain(ConvMAEEncoder):
     """Masked autoencoder: encoder on visible tokens, multi-scale fusion, transformer decoder, masked MSE loss.
 
@@ -303,7 +288,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
         video = self.spatial_dims == 3
         self.mask_type = mask_type or ("tube" if video else "block")
         self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
-        make_mask(self.mask_type, 1, (1, 1, 1) if video else (1, 1), self.mask_ratio)  # validates both early
+        check_mask(self.mask_type, self.mask_ratio, self.spatial_dims)
         self.loss_target = loss_target or ("videomae" if video else "mae")
         if self.loss_target not in LOSS_TARGETS:
             raise ValueError(f"loss_target: expected {'|'.join(LOSS_TARGETS)}, got {self.loss_target!r}")
@@ -325,10 +310,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
     @property
     def patch_dim(self) -> int:
         """Values per reconstructed patch: 16*16*3 = 768 (image) or tubelet*16*16*3 (video)."""
-        n = self.in_chans
-        for p in self.patch_size:
-            n *= p
-        return n
+        return self.in_chans * math.prod(self.patch_size)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}  # a learned token embedding, like timm's cls_token
@@ -337,21 +319,20 @@ class ConvMAEPretrain(ConvMAEEncoder):
         """[N, C, H, W] -> [N, L, p*q*C] ((p, q, c) per patch, as MAE); video [N, C, T, H, W] -> (u, p, q, c)."""
         self.token_grid(x.shape)
         if self.spatial_dims == 2:
-            return rearrange(x, "n c (h p) (w q) -> n (h w) (p q c)", p=16, q=16)
-        return rearrange(x, "n c (t u) (h p) (w q) -> n (t h w) (u p q c)", u=self.tubelet, p=16, q=16)
+            return rearrange(x, "n c (h p) (w q) -> n (h w) (p q c)", p=TOKEN_PX, q=TOKEN_PX)
+        return rearrange(x, "n c (t u) (h p) (w q) -> n (t h w) (u p q c)", u=self.tubelet, p=TOKEN_PX, q=TOKEN_PX)
 
     def unpatchify(self, patches: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
         """Inverse of ``patchify`` for an input of shape ``x_shape``."""
         grid = self.token_grid(x_shape)
         if self.spatial_dims == 2:
-            return rearrange(patches, "n (h w) (p q c) -> n c (h p) (w q)", h=grid[0], w=grid[1], p=16, q=16)
+            return rearrange(patches, "n (h w) (p q c) -> n c (h p) (w q)", h=grid[0], w=grid[1], p=TOKEN_PX,
+                             q=TOKEN_PX)
         return rearrange(patches, "n (t h w) (u p q c) -> n c (t u) (h p) (w q)", t=grid[0], h=grid[1], w=grid[2],
-                         u=self.tubelet, p=16, q=16)
+                         u=self.tubelet, p=TOKEN_PX, q=TOKEN_PX)
 
     def _check_mask(self, mask: torch.Tensor, n: int, grid: Sequence[int]) -> torch.Tensor:
-        length = 1
-        for g in grid:
-            length *= g
+        length = math.prod(grid)
         if mask.dtype != torch.bool or tuple(mask.shape) != (n, length):
             raise ValueError(f"mask: expected bool [N={n}, L={length}] (True = masked) for grid {tuple(grid)}, "
                              f"got {mask.dtype} {list(mask.shape)}")

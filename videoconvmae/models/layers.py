@@ -2,8 +2,10 @@
 
 Layout: the convolutional stages keep activations channels-last, ``[N, *grid, C]``. Every pointwise op
 (LayerNorm, the 1x1 "convs" conv1 / conv2, the MLP) is a ``nn.Linear`` / ``nn.LayerNorm`` on the last axis, so a
-later sparse path can run it on gathered visible positions only; only the depthwise conv needs the dense grid
-(it sees a channels-first *view* of the same memory, which PyTorch convolves as channels_last without a copy).
+visible-cell layout (models/sparse.py) runs it on gathered visible positions only; only the depthwise conv needs a
+grid (it sees a channels-first *view* of the same memory, which PyTorch convolves as channels_last without a copy).
+A layout object (``DenseLayout`` here, ``sparse.VisibleCells``) tells ``PatchEmbed`` / ``ConvBlock`` how to run
+their non-overlapping and depthwise convs on its tokens.
 The official checkpoints store the 1x1 convs as ``[C_out, C_in, 1, 1]`` conv weights; ``checkpoint.py``
 reshapes them.
 """
@@ -64,10 +66,44 @@ def depthwise_weight_layout(weight: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(weight, memory_format=fmt).copy_(weight)
 
 
+class DenseLayout:
+    """One encoder level at every position: tokens channels-last ``[N, *grid, C]``. ``keep`` [N, *grid, 1] (1 =
+    visible) makes the depthwise conv the masked convolution of official ConvMAE: the dense reference the visible-
+    cell layout (models/sparse.py) is tested against. ``visible_idx`` [N, K]: the stage-3 tokens kept (None = all).
+    """
+
+    def __init__(self, keep: torch.Tensor | None = None, visible_idx: torch.Tensor | None = None) -> None:
+        self.keep, self.visible_idx = keep, visible_idx
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return channels_last(x)
+
+    def window_conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return channels_last(conv(channels_first(x)))
+
+    def depthwise(self, dwconv: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        if self.keep is not None:
+            y = apply_keep(y, self.keep)
+        return channels_last(dwconv(channels_first(y)))
+
+    def tokens(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage-3 level [N, *grid, C] -> [N, L, C] (+ ``pos`` [1, L, C]), then the ``visible_idx`` rows."""
+        x = x.flatten(1, -2)
+        if pos is not None:
+            x = x + pos
+        if self.visible_idx is None:
+            return x
+        return x.gather(1, self.visible_idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+EVERY_POSITION = DenseLayout()
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping conv (kernel = stride) -> LayerNorm over channels -> GELU (the official ``PatchEmbed``).
 
-    Input channels-first ``[N, C_in, *grid]``, output channels-last ``[N, *grid / kernel, C_out]``.
+    Without ``layout``: channels-first ``[N, C_in, *grid]`` in, channels-last ``[N, *grid / kernel, C_out]`` out;
+    with one (``DenseLayout``, ``sparse.VisibleCells``): that layout's tokens in, the next level's out.
     """
 
     def __init__(self, in_chans: int, embed_dim: int, kernel: Sequence[int], spatial_dims: int = 2):
@@ -80,15 +116,17 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=CONV_NORM_EPS)
         self.act = nn.GELU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(channels_last(self.proj(x))))
+    def forward(self, x: torch.Tensor, layout=None) -> torch.Tensor:
+        y = channels_last(self.proj(x)) if layout is None else layout.window_conv(self.proj, x)
+        return self.act(self.norm(y))
 
 
 class ConvBlock(nn.Module):
     """The transformer block with attention replaced by a depthwise conv (the official ``CBlock``).
 
-    ``x + drop_path(conv2(dwconv(keep * conv1(norm1(x)))))`` then ``x + drop_path(mlp(norm2(x)))``.
-    Depthwise kernel 5x5; video: ``temporal_kernel`` x 5 x 5. conv1 / conv2 are the official 1x1 convs as Linear.
+    ``x + drop_path(conv2(dwconv(conv1(norm1(x)))))`` then ``x + drop_path(mlp(norm2(x)))``; the depthwise conv
+    runs as ``layout`` says (masked, on a dense grid, at visible positions only). Depthwise kernel 5x5; video:
+    ``temporal_kernel`` x 5 x 5. conv1 / conv2 are the official 1x1 convs as Linear.
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, spatial_dims: int = 2, temporal_kernel: int = 3,
@@ -106,12 +144,9 @@ class ConvBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=CONV_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [N, *grid, C]; keep: [N, *grid, 1] float, 1 = visible (None = everything visible)."""
-        y = self.conv1(self.norm1(x))
-        if keep is not None:
-            y = apply_keep(y, keep)
-        y = channels_last(self.dwconv(channels_first(y)))
+    def forward(self, x: torch.Tensor, layout=EVERY_POSITION) -> torch.Tensor:
+        """x: the tokens of ``layout``: [N, *grid, C] (``DenseLayout``) or [N, K, S, C] (``VisibleCells``)."""
+        y = layout.depthwise(self.dwconv, self.conv1(self.norm1(x)))
         x = x + self.drop_path(self.conv2(y))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -229,7 +264,3 @@ def resample_pos_embed(table: torch.Tensor, old_grid: Sequence[int], new_grid: S
     if t0 != t1:
         x = F.interpolate(x.permute(0, 2, 1), size=t1, mode="linear", align_corners=False).permute(0, 2, 1)
     return x.permute(1, 0, 2).reshape(1, t1 * h1 * w1, dim)
-
-
-def num_tokens(grid: Sequence[int]) -> int:
-    return math.prod(grid)

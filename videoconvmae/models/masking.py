@@ -26,42 +26,33 @@ an optional ``torch.Generator`` so a run can be replayed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-MASK_TYPES = ("block", "tube", "random")
-
-
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_ratio: expected a value in [0, 1), got {ratio}")
+from videoconvmae.models.config import check_mask
 
 
 def num_visible(num_cells: int, ratio: float) -> int:
     """Cells kept by a block / random mask: ``int(L * (1 - ratio))``, ConvMAE's ``len_keep``; at least 1."""
-    _check_ratio(ratio)
     return max(1, int(num_cells * (1 - ratio)))
 
 
 def num_visible_per_slice(cells_per_slice: int, ratio: float) -> int:
     """Cells kept per temporal slice by a tube mask: ``H*W - int(ratio * H*W)``, VideoMAE's
     ``num_masks_per_frame`` rule; at least 1."""
-    _check_ratio(ratio)
     return max(1, cells_per_slice - int(ratio * cells_per_slice))
 
 
 def _random_mask_keeping(n: int, length: int, keep: int, generator: torch.Generator | None,
                          device: torch.device | str) -> torch.Tensor:
-    noise = _uniform(n, length, generator, torch.device(device))
+    if generator is not None:
+        noise = torch.rand(n, length, generator=generator, device=generator.device).to(device)
+    else:
+        noise = torch.rand(n, length, device=torch.device(device))
     rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each cell's noise; the smallest ones stay visible
     return rank >= keep
-
-
-def _uniform(n: int, length: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    if generator is not None:
-        return torch.rand(n, length, generator=generator, device=generator.device).to(device)
-    return torch.rand(n, length, device=device)
 
 
 def random_mask(n: int, length: int, ratio: float, generator: torch.Generator | None = None,
@@ -82,16 +73,10 @@ def tube_mask(n: int, grid: Sequence[int], ratio: float, generator: torch.Genera
 def make_mask(mask_type: str, n: int, grid: Sequence[int], ratio: float,
               generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """A mask of ``mask_type`` over the stage-3 ``grid`` ((h, w) or (t, h, w)) -> [n, prod(grid)] bool."""
-    length = 1
-    for g in grid:
-        length *= g
-    if mask_type in ("block", "random"):
-        return random_mask(n, length, ratio, generator, device)
+    check_mask(mask_type, ratio, len(grid))
     if mask_type == "tube":
-        if len(grid) != 3:
-            raise ValueError(f"mask_type 'tube' needs a video (t, h, w) grid, got {tuple(grid)}")
         return tube_mask(n, grid, ratio, generator, device)
-    raise ValueError(f"mask_type: expected one of {'|'.join(MASK_TYPES)}, got {mask_type!r}")
+    return random_mask(n, math.prod(grid), ratio, generator, device)
 
 
 def sample_masks(mask_type: str, grid: Sequence[int], ratio: float, seeds: torch.Tensor,
@@ -102,10 +87,7 @@ def sample_masks(mask_type: str, grid: Sequence[int], ratio: float, seeds: torch
     processes; a mask that is a function of the sample's own seed is the same with 1 or N processes.
     """
     rows = [make_mask(mask_type, 1, grid, ratio, torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    length = 1
-    for g in grid:
-        length *= g
-    return (torch.cat(rows) if rows else torch.zeros(0, length, dtype=torch.bool)).to(device)
+    return (torch.cat(rows) if rows else torch.zeros(0, math.prod(grid), dtype=torch.bool)).to(device)
 
 
 def upsample_keep(keep: torch.Tensor, factor: int) -> torch.Tensor:

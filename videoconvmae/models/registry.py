@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from videoconvmae.models.config import ModelConfig
+from videoconvmae.models.config import DEFAULT_TUBELET, ModelConfig, token_grid
 from videoconvmae.models.convmae import ConvMAEClassifier, ConvMAEPretrain
 
 
@@ -62,7 +62,7 @@ def _kwargs(family: Family) -> dict:
     kw = dict(dims=size.dims, depths=size.depths, mlp_ratios=size.mlp_ratios, num_heads=size.num_heads,
               spatial_dims=family.spatial_dims)
     if family.spatial_dims == 3:
-        kw.update(tubelet=2, temporal_kernel=3)
+        kw.update(tubelet=DEFAULT_TUBELET, temporal_kernel=3)
     return kw
 
 
@@ -118,7 +118,7 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
             overrides["temporal_kernel"] = model_cfg.temporal_kernel
     overrides["conv_init"] = model_cfg.conv_init
     if input_shape is not None:
-        overrides["pos_grid"] = _token_grid(input_shape, is_video, overrides.get("tubelet", 2))
+        overrides["pos_grid"] = token_grid(input_shape, overrides.get("tubelet", DEFAULT_TUBELET) if is_video else None)
     if task == "pretrain":
         if model_cfg.pos_embed == "learnable":
             raise ValueError("model.pos_embed: pretraining uses the fixed sin-cos table (ConvMAE, VideoMAE); "
@@ -144,15 +144,6 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
         report = load_pretrained(model, model_cfg.pretrained)
         print(f"loaded {model_cfg.pretrained}: {report.summary()}")
     return model
-
-
-def _token_grid(input_shape: Sequence[int], is_video: bool, tubelet: int) -> tuple[int, ...]:
-    """Pixels (H, W) / (T, H, W) -> the stage-3 grid; one clear line when the sizes do not divide."""
-    sizes = tuple(int(v) for v in input_shape)
-    patch = (tubelet, 16, 16) if is_video else (16, 16)
-    if len(sizes) != len(patch) or any(s % p for s, p in zip(sizes, patch)):
-        raise ValueError(f"input size {list(sizes)}: expected {len(patch)} sizes divisible by {list(patch)}")
-    return tuple(s // p for s, p in zip(sizes, patch))
 
 
 ENCODER_PREFIXES = ("patch_embed", "blocks1.", "blocks2.", "blocks3.", "norm.", "fc_norm.")

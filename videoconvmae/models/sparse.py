@@ -1,49 +1,43 @@
-"""The visible-only path through the convolutional stages (pretraining with a mask).
+"""The visible-cell layout: the convolutional stages on the visible stage-3 cells only (pretraining with a mask).
 
 ConvMAE's official code runs stages 1-2 on every position and zeroes hidden ones inside each block; at a 90% tube
 mask most of that work is thrown away. Each stage-1 / stage-2 position lies in exactly one stage-3 cell, and every
 op of stages 1-2 except the depthwise conv is either pointwise (LayerNorm, the 1x1 convs, the MLP) or a non-
-overlapping conv whose window never crosses a cell (patch embeds, fusion convs). So we keep stages 1-2 as tokens of
-the visible cells only:
+overlapping conv whose window never crosses a cell (patch embeds, fusion convs). So a level of the encoder is kept
+as tokens of the visible cells only (``VisibleCells``):
 
-    stage 1: [N, K, 16, C1]  (K visible cells, 4x4 stage-1 positions per cell, row-major (a, b))
-    stage 2: [N, K, 4, C2]   (2x2 stage-2 positions per cell)
+    pixels:  [N, K, u*16*16, C]  (K visible cells; u = tubelet frames for video, 1 for images)
+    stage 1: [N, K, 16, C1]      (4x4 stage-1 positions per cell, row-major (a, b))
+    stage 2: [N, K, 4, C2]       (2x2 stage-2 positions per cell)
+    stage 3: [N, K, 1, C3]
 
-run every pointwise op and every non-overlapping conv (as a Linear on the flattened window) on them. The depthwise
-conv either runs on a zero-filled dense grid (hidden positions are exactly the zeros ``keep *`` makes) or, when few
-positions are visible, at visible positions only, reading visible inputs only (``VisibleDepthwiseConv``, no dense
-grid at all). Either way nothing changes at visible positions. The result equals the dense path up to float
-rounding (conv vs. matmul accumulation order); tests/test_models_sparse.py checks loss, predictions and every
-parameter gradient. Video cells have one stage-1 time step (the tubelet is folded into the cube embed and stages
-2-3 have temporal stride 1), so 2D and 3D share all of this: only the grid rank differs.
+(the sub-divisions follow ``config.STAGE_STRIDES``). ``PatchEmbed``, ``ConvBlock`` and the fusion take the layout
+as an input (models/layers.py; ``DenseLayout`` is the every-position one): a non-overlapping conv runs as a Linear
+on the flattened windows of each cell, and the depthwise conv goes through a strategy chosen per level: on a
+zero-filled dense grid (hidden positions are exactly the zeros the masked conv makes, ``GridDepthwise``) or, when
+few positions are visible, at visible positions only, reading visible inputs only (``VisibleDepthwise``, no dense
+grid at all). Either way nothing changes at visible positions. The result equals the dense masked-convolution
+reference up to float rounding (conv vs. matmul accumulation order); tests/test_models_sparse.py checks loss,
+predictions and every parameter gradient. Video cells have one stage-1 time step (the tubelet is folded into the
+cube embed, stages 2-3 have temporal stride 1): 2D and 3D share all of this, only the grid rank differs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from videoconvmae.models.layers import PatchEmbed, channels_first, channels_last
+from videoconvmae.models.layers import channels_first, channels_last
 
-CELL_SUB = (4, 2)  # stage-1 / stage-2 positions per stage-3 cell along each spatial axis
 # Depthwise strategy: gathering taps of visible tokens costs ~5x more per position than oneDNN's dense kernel, so
 # it wins only when few positions are visible (measured: 10% visible video 1.6x faster, 25% visible image 7%
 # slower). Both strategies are exact; above this visible fraction the zero-filled dense grid is used.
 VISIBLE_CONV_MAX_FRACTION = 0.15
-
-
-@dataclass
-class VisibleStages:
-    tokens: torch.Tensor  # [N, K, C3] stage-3 input tokens of the visible cells (embed + linear + pos)
-    stage1: torch.Tensor  # [N, K, 16, C1] stage-1 output at the visible cells' positions
-    stage2: torch.Tensor  # [N, K, 4, C2] stage-2 output at the visible cells' positions
 
 
 def _flat_rows(idx: torch.Tensor, length: int) -> torch.Tensor:
@@ -57,30 +51,6 @@ def _gather_cells(x: torch.Tensor, visible_idx: torch.Tensor) -> torch.Tensor:
     n, length = x.shape[:2]
     rows = x.reshape(n * length, -1).index_select(0, _flat_rows(visible_idx, length))
     return rows.reshape(n, visible_idx.shape[1], *x.shape[2:])
-
-
-def _cell_windows(x: torch.Tensor, grid: Sequence[int], sub: int, window: int) -> torch.Tensor:
-    """Pixels [N, C, (T,) H, W] -> [N, L, sub*sub, C*(u)*window*window]: the non-overlapping embed windows of
-    every cell, flattened in the conv weight's (c, (u,) p, q) order. ``u`` is the remaining temporal extent."""
-    if len(grid) == 2:
-        return rearrange(x, "n c (h a p) (w b q) -> n (h w) (a b) (c p q)", a=sub, b=sub, p=window, q=window)
-    return rearrange(x, "n c (t u) (h a p) (w b q) -> n (t h w) (a b) (c u p q)",
-                     t=grid[0], a=sub, b=sub, p=window, q=window)
-
-
-def _group_windows(tokens: torch.Tensor, sub_out: int) -> torch.Tensor:
-    """[N, K, (sub_out*2)^2, C] -> [N, K, sub_out^2, C*2*2]: 2x2 windows of a finer level within each cell,
-    flattened as (c, i, j) to match a [C_out, C, (1,) 2, 2] conv weight."""
-    return rearrange(tokens, "n k (a i b j) c -> n k (a b) (c i j)", a=sub_out, i=2, b=sub_out, j=2)
-
-
-def _conv_as_linear(conv: nn.Module, windows: torch.Tensor) -> torch.Tensor:
-    """A kernel = stride conv applied to its flattened windows [..., C_in * prod(kernel)] -> [..., C_out]."""
-    return F.linear(windows, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
-
-
-def _embed(embed: PatchEmbed, windows: torch.Tensor) -> torch.Tensor:
-    return embed.act(embed.norm(_conv_as_linear(embed.proj, windows)))
 
 
 def dense_positions(visible_idx: torch.Tensor, grid: Sequence[int], sub: int) -> torch.Tensor:
@@ -169,71 +139,79 @@ class VisibleDepthwiseConv(torch.autograd.Function):
         return grad_x, None, grad_w, grad_b
 
 
-def depthwise_on_grid(dwconv: nn.Module, y: torch.Tensor, positions: torch.Tensor,
-                      dense_grid: Sequence[int]) -> torch.Tensor:
-    """The depthwise conv on a zero-filled dense grid (oneDNN's kernel), read back at the visible positions.
-    y: [N, P, C] visible tokens at flat ``positions`` [N, P] of ``dense_grid``."""
-    n, p, c = y.shape
-    size = math.prod(dense_grid)
-    rows = _flat_rows(positions, size)
-    dense = y.new_zeros(n * size, c).index_copy(0, rows, y.reshape(n * p, c)).reshape(n, *dense_grid, c)
-    dense = channels_last(dwconv(channels_first(dense)))
-    return dense.reshape(n * size, c).index_select(0, rows).reshape(n, p, c)
+class GridDepthwise:
+    """The depthwise conv on a zero-filled dense grid (oneDNN's kernel), read back at the visible positions."""
+
+    def __init__(self, positions: torch.Tensor, dense_grid: Sequence[int]) -> None:
+        self.positions, self.dense_grid = positions, tuple(dense_grid)  # positions [N, P] flat into dense_grid
+
+    def __call__(self, dwconv: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """y: [N, P, C] visible tokens -> [N, P, C]."""
+        n, p, c = y.shape
+        size = math.prod(self.dense_grid)
+        rows = _flat_rows(self.positions, size)
+        dense = y.new_zeros(n * size, c).index_copy(0, rows, y.reshape(n * p, c)).reshape(n, *self.dense_grid, c)
+        dense = channels_last(dwconv(channels_first(dense)))
+        return dense.reshape(n * size, c).index_select(0, rows).reshape(n, p, c)
 
 
-def depthwise_visible(dwconv: nn.Module, y: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """The depthwise conv at visible positions only; y: [N, P, C], neighbors: [N, P, taps]."""
-    weight = dwconv.weight.reshape(y.shape[-1], -1)
-    return VisibleDepthwiseConv.apply(y, neighbors, weight, dwconv.bias)
+class VisibleDepthwise:
+    """The depthwise conv at visible positions only (``VisibleDepthwiseConv``)."""
+
+    def __init__(self, neighbors: torch.Tensor) -> None:
+        self.neighbors = neighbors  # [N, P, taps] from ``neighbor_index``
+
+    def __call__(self, dwconv: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """y: [N, P, C] visible tokens -> [N, P, C]."""
+        weight = dwconv.weight.reshape(y.shape[-1], -1)
+        return VisibleDepthwiseConv.apply(y, self.neighbors, weight, dwconv.bias)
 
 
-def conv_block_visible(block: nn.Module, x: torch.Tensor, depthwise) -> torch.Tensor:
-    """``ConvBlock`` on visible tokens x [N, K, S, C]; ``depthwise`` maps [N, K*S, C] -> [N, K*S, C]."""
-    n, k, s, c = x.shape
-    y = depthwise(block.dwconv, block.conv1(block.norm1(x)).reshape(n, k * s, c)).reshape(n, k, s, c)
-    x = x + block.drop_path(block.conv2(y))
-    return x + block.drop_path(block.mlp(block.norm2(x)))
+def _group_windows(x: torch.Tensor, sub_out: int, window: int, frames: int = 1) -> torch.Tensor:
+    """[N, K, frames*(sub_out*window)^2, C] -> [N, K, sub_out^2, C*frames*window^2]: the non-overlapping windows of
+    each cell, flattened as (c, (u,) i, j) to match a [C_out, C, (frames,) window, window] conv weight."""
+    return rearrange(x, "n k (u a i b j) c -> n k (a b) (c u i j)", u=frames, a=sub_out, i=window, b=sub_out, j=window)
 
 
-def _visible_blocks(enc: nn.Module, blocks: nn.ModuleList, h: torch.Tensor, visible_idx: torch.Tensor,
-                    grid: Sequence[int], sub: int) -> torch.Tensor:
-    """The conv blocks of one stage on visible tokens h [N, K, sub*sub, C]."""
-    if not len(blocks):
-        return h
-    dense_grid = (*grid[:-2], grid[-2] * sub, grid[-1] * sub)
-    positions = dense_positions(visible_idx, grid, sub)
-    if positions.shape[1] <= VISIBLE_CONV_MAX_FRACTION * math.prod(dense_grid):
-        neighbors = neighbor_index(positions, dense_grid, blocks[0].dwconv.kernel_size)
-        depthwise = partial(depthwise_visible, neighbors=neighbors)
-    else:
-        depthwise = partial(depthwise_on_grid, positions=positions, dense_grid=dense_grid)
-    for blk in blocks:
-        h = enc._run(partial(conv_block_visible, blk, depthwise=depthwise), h)
-    return h
+class VisibleCells:
+    """One encoder level in the visible-cell layout: tokens [N, K, frames*sub*sub, C] (module docstring).
 
-
-def encode_visible_stages(enc: nn.Module, x: torch.Tensor, visible_idx: torch.Tensor,
-                          grid: Sequence[int]) -> VisibleStages:
-    """Stages 1-2 and the stage-3 embed of ``enc`` (a ConvMAEEncoder) on the visible cells only.
-
-    x: [N, C, (T,) H, W]; visible_idx: [N, K] stage-3 cells, ascending; grid: the stage-3 grid.
+    visible_idx: [N, K] stage-3 cells, ascending; grid: the stage-3 grid; sub: positions per cell side at this
+    level; frames: time steps per cell at this level (the tubelet for pixels, else 1).
     """
-    n = x.shape[0]
-    sub1, sub2 = CELL_SUB
-    windows = _gather_cells(_cell_windows(x, grid, sub1, 4), visible_idx)  # 4x4-pixel stage-1 embed windows
-    stage1 = _visible_blocks(enc, enc.blocks1, _embed(enc.patch_embed1, windows), visible_idx, grid, sub1)
-    h = _embed(enc.patch_embed2, _group_windows(stage1, sub2))  # [N, K, 4, C2]
-    stage2 = _visible_blocks(enc, enc.blocks2, h, visible_idx, grid, sub2)
-    tokens = _embed(enc.patch_embed3, _group_windows(stage2, 1))[:, :, 0]  # [N, K, C3]
-    tokens = enc.patch_embed4(tokens)
-    pos = enc.encoder_pos_embed(grid, tokens)  # [1, L, C3]
-    tokens = tokens + _gather_cells(pos.expand(n, -1, -1), visible_idx)
-    return VisibleStages(tokens, stage1, stage2)
 
+    def __init__(self, visible_idx: torch.Tensor, grid: Sequence[int], sub: int, frames: int = 1) -> None:
+        self.visible_idx, self.grid, self.sub, self.frames = visible_idx, tuple(grid), sub, frames
+        self._depthwise: GridDepthwise | VisibleDepthwise | None = None
 
-def fused_visible(enc: nn.Module, stage1: torch.Tensor, stage2: torch.Tensor) -> torch.Tensor:
-    """The multi-scale fusion (Eq. 1) on visible cells: stride-4 conv of stage 1 + stride-2 conv of stage 2,
-    each a Linear over the cell's window -> [N, K, C3]."""
-    s1 = _conv_as_linear(enc.stage1_output_decode, rearrange(stage1, "n k (a b) c -> n k (c a b)", a=4))
-    s2 = _conv_as_linear(enc.stage2_output_decode, rearrange(stage2, "n k (a b) c -> n k (c a b)", a=2))
-    return s1 + s2
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, (T,) H, W] -> the visible cells' pixels [N, K, frames*sub*sub, C]."""
+        x = x[:, :, None] if x.dim() == 4 else x  # an image is a clip of one frame
+        cells = rearrange(x, "n c (t u) (h a) (w b) -> n (t h w) (u a b) c", u=self.frames, a=self.sub, b=self.sub)
+        return _gather_cells(cells, self.visible_idx)
+
+    def window_conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A kernel = stride conv (a patch embed or a fusion conv) as a Linear on each cell's flattened windows:
+        [N, K, S, C_in] -> [N, K, S / window^2, C_out]."""
+        window = conv.kernel_size[-1]
+        windows = _group_windows(x, self.sub // window, window, self.frames)
+        return F.linear(windows, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
+
+    def depthwise(self, dwconv: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """``ConvBlock``'s depthwise conv on y [N, K, S, C]; the strategy is chosen once per level."""
+        if self._depthwise is None:
+            dense_grid = (*self.grid[:-2], self.grid[-2] * self.sub, self.grid[-1] * self.sub)
+            positions = dense_positions(self.visible_idx, self.grid, self.sub)
+            if positions.shape[1] <= VISIBLE_CONV_MAX_FRACTION * math.prod(dense_grid):
+                self._depthwise = VisibleDepthwise(neighbor_index(positions, dense_grid, dwconv.kernel_size))
+            else:
+                self._depthwise = GridDepthwise(positions, dense_grid)
+        n, k, s, c = y.shape
+        return self._depthwise(dwconv, y.reshape(n, k * s, c)).reshape(n, k, s, c)
+
+    def tokens(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage-3 level [N, K, 1, C] -> the visible tokens [N, K, C], + ``pos`` [1, L, C] at their cells."""
+        x = x[:, :, 0]
+        if pos is not None:
+            x = x + _gather_cells(pos.expand(x.shape[0], -1, -1), self.visible_idx)
+        return x

@@ -23,8 +23,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from videoconvmae.artifacts import atomic_write
 from videoconvmae.data.config import DataConfig
 from videoconvmae.engine.config import OptimConfig, TrainConfig
+from videoconvmae.errors import ConfigError
 from videoconvmae.eval.config import EvalConfig
 from videoconvmae.launch.config import SlurmConfig
 from videoconvmae.models.config import ModelConfig
@@ -54,10 +56,6 @@ class Config:
         data = self.data  # sizes no model accepts fail here (also in `config show`), not after [start]
         frames = (data.num_segments or data.num_frames) if data.dataset == "ssv2" else data.num_frames
         self.model.check_input(data.input_size, None if data.dataset == "imagefolder" else frames)
-
-
-class ConfigError(ValueError):
-    """A bad preset, key or value; the message is one line naming the file or key."""
 
 
 def config_dirs() -> list[Path]:
@@ -268,13 +266,8 @@ def from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML (atomically: temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    """Write the resolved config as YAML (atomically)."""
+    return atomic_write(path, to_yaml(cfg))
 
 
 def code_version() -> str:

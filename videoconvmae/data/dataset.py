@@ -27,18 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.transforms import ClipTransform
+from videoconvmae.errors import ConfigError, DataError
 from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 
 MODES = ("pretrain", "finetune", "linprobe")
-
-
-class DataError(ConfigError):
-    """Unusable data (nothing readable, too many unreadable items); the message is one line."""
 
 
 def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], np.ndarray]:

@@ -59,10 +59,11 @@ class StopOnSignals:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from videoconvmae.cli import UserError, config_from_args, set_failure_log
+    from videoconvmae.commandline import config_from_args, set_failure_log
     from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.engine.tasks import run_task
     from videoconvmae.engine.trainer import NonFiniteLossError
+    from videoconvmae.errors import UserError
 
     cfg = config_from_args(args, task=args.command)  # unknown keys fail here, before any work
     set_failure_log(Path(cfg.train.output_dir) / "log.txt")
@@ -90,7 +91,7 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from videoconvmae.cli import add_config_args
+    from videoconvmae.commandline import add_config_args
 
     for task in TRAIN_TASKS:
         p = subparsers.add_parser(task, help=HELP[task], description=f"{HELP[task]}; resumes from "

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from videoconvmae.config import Config, ConfigError
+from videoconvmae.config import Config
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from videoconvmae.engine.trainer import (
     LossFn,
@@ -25,6 +25,7 @@ from videoconvmae.engine.trainer import (
     isolated_rng,
     seed_everything,
 )
+from videoconvmae.errors import ConfigError
 
 TRAIN_TASKS = ("pretrain", "finetune", "linprobe")
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from videoconvmae.config import Config, ConfigError, code_version, save_config, to_dict
+from videoconvmae.config import Config, code_version, save_config, to_dict
 from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine import fsdp
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, broadcast_object
@@ -33,6 +33,7 @@ from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, 
 from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
 from videoconvmae.engine.rundir import RunLock, claim_folder, remove_stale_temp_files
 from videoconvmae.engine.sampler import ResumableSampler
+from videoconvmae.errors import ConfigError
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoconvmae.artifacts import atomic_write
+
 PREDICTIONS_NPZ = "predictions.npz"
 
 
@@ -108,12 +110,9 @@ def write_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_na
 def save_predictions(path: str | os.PathLike, video_ids: Sequence[str], labels: np.ndarray,
                      scores: np.ndarray) -> Path:
     """The mergeable predictions: annotation video ids, labels and aggregated scores [N, K] float32."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, video_id=np.array(list(video_ids), dtype=str), label=np.asarray(labels, dtype=np.int64),
-             scores=np.asarray(scores, dtype=np.float32))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, video_id=np.array(list(video_ids), dtype=str),
+                                                 label=np.asarray(labels, dtype=np.int64),
+                                                 scores=np.asarray(scores, dtype=np.float32)))
 
 
 def load_predictions(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -75,7 +75,7 @@ def _launch(args: argparse.Namespace) -> int:
         from videoconvmae.launch.sbatch import render_sbatch
 
         if sweeps:
-            from videoconvmae.cli import UserError
+            from videoconvmae.errors import UserError
 
             raise UserError("--sbatch renders one run; a sweep needs `videoconvmae launch` (submitit arrays)")
         print(render_sbatch(args.task, preset, overrides), end="")

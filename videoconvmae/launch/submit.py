@@ -23,8 +23,8 @@ from typing import Any
 import submitit
 import submitit.core.utils
 
-from videoconvmae.cli import UserError
-from videoconvmae.config import TASKS, Config, ConfigError, load_config, preset_layers
+from videoconvmae.config import TASKS, Config, load_config, preset_layers
+from videoconvmae.errors import ConfigError, UserError
 from videoconvmae.launch import registry
 from videoconvmae.launch.executor import check_slurm_config, make_executor
 from videoconvmae.launch.job import EVAL_ENTRY, MERGE_ENTRY, TRAIN_ENTRY, EvalJob, MergeJob, RunJob

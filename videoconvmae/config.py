@@ -225,6 +225,11 @@ def describe_config(cfg: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with ``key.sub=value`` overrides on top (validated as a preset's are)."""
+    return merge_layers([("config", to_dict(cfg))], overrides)
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

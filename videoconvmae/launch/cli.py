@@ -16,14 +16,47 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import submitit
 
-from videoconvmae.config import TASKS
+from videoconvmae.config import TASKS, Config, load_config, preset_layers
+from videoconvmae.errors import ConfigError
 from videoconvmae.launch import registry
 from videoconvmae.launch.job import job_result
-from videoconvmae.launch.submit import Launched, launch, parse_sweep
+from videoconvmae.launch.submit import Launched, SweepSpec, launch, parse_sweep
+
+
+def load_task_config(task: str, preset: str | None, overrides: Sequence[str]) -> Config:
+    """The config a ``videoconvmae <task> PRESET ...`` run would use (eval also takes a CHECKPOINT first)."""
+    if task == "eval" and preset:
+        from videoconvmae.eval.cli import _is_checkpoint, eval_config
+
+        cfg = eval_config([preset, *overrides])
+        yaml_presets = [w for w in [preset, *overrides][:2] if "=" not in w and not _is_checkpoint(w)]
+    else:
+        cfg = load_config(preset, list(overrides), task=task)
+        yaml_presets = [preset] if preset else []
+    if cfg.train.device == "cpu" and not _sets_gpus(yaml_presets, overrides):
+        cfg.slurm.gpus_per_node = 0  # a CPU run holds no GPUs unless a preset or override asks for them
+    return cfg
+
+
+def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
+    """Whether ``slurm.gpus_per_node`` is given by an override or a preset (not just the schema default)."""
+    if any(o.split("=", 1)[0].strip() == "slurm.gpus_per_node" for o in overrides):
+        return True
+    return any("gpus_per_node" in (data.get("slurm") or {}) for p in presets for _, data in preset_layers(p))
+
+
+def launch_task(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: SweepSpec = (), *,
+                entries: dict[str, str | Callable] | None = None) -> Launched:
+    """``videoconvmae launch TASK PRESET [overrides]`` from Python: the words' Config, submitted by ``launch``."""
+    if task not in TASKS:
+        raise ConfigError(f"task: expected one of {'|'.join(TASKS)}, got {task!r}")
+    cfg = load_task_config(task, preset, overrides)
+    return launch(cfg, sweep, entries=entries, preset=preset or "", overrides=overrides)
 
 
 def _split_words(words: list[str]) -> tuple[list[str], list[str]]:
@@ -80,7 +113,7 @@ def _launch(args: argparse.Namespace) -> int:
             raise UserError("--sbatch renders one run; a sweep needs `videoconvmae launch` (submitit arrays)")
         print(render_sbatch(args.task, preset, overrides), end="")
         return 0
-    launched = launch(args.task, preset, overrides, parse_sweep(sweeps))
+    launched = launch_task(args.task, preset, overrides, parse_sweep(sweeps))
     print("\n".join(_describe(launched)))
     if launched.records:
         print(f"registered in {registry.registry_path(launched.configs[0].slurm.registry)} "

@@ -30,8 +30,8 @@ from videoconvmae.errors import ConfigError
 from videoconvmae.eval.config import EvalConfig
 from videoconvmae.launch.config import SlurmConfig
 from videoconvmae.models.config import ModelConfig
+from videoconvmae.task import Task
 
-TASKS = ("pretrain", "finetune", "linprobe", "eval")
 # keys that were replaced: a preset or override using one gets a line naming the new key
 REPLACED_KEYS = {
     "model.norm_pix_loss": "model.loss_target (mae = the old norm_pix_loss: true, pixel = false; videomae)",
@@ -51,8 +51,7 @@ class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # cluster resources (launch only)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {'|'.join(TASKS)}, got {self.task!r}")
+        Task.parse(self.task)
         data = self.data  # sizes no model accepts fail here (also in `config show`), not after [start]
         frames = (data.num_segments or data.num_frames) if data.dataset == "ssv2" else data.num_frames
         self.model.check_input(data.input_size, None if data.dataset == "imagefolder" else frames)

@@ -14,3 +14,4 @@ class UserError(RuntimeError):
 
 class DataError(ConfigError):
     """Unusable data (nothing readable, too many unreadable items); the message is one line."""
+

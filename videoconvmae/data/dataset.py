@@ -32,9 +32,9 @@ from videoconvmae.data.records import VideoRecord, annotation_path, load_records
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.transforms import ClipTransform
 from videoconvmae.errors import ConfigError, DataError
+from videoconvmae.task import Task
 from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 
-MODES = ("pretrain", "finetune", "linprobe")
 
 
 def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], np.ndarray]:
@@ -62,8 +62,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, records: list[VideoRecord], class_names: list[str], split: str,
                  mode: str, annotation: str = "") -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {'|'.join(MODES)}, got {mode!r}")
+        Task.parse(mode, "mode", train=True)
         _validate(cfg)
         self.cfg, self.records, self.class_names = cfg, records, class_names
         self.split, self.mode, self.annotation = split, mode, annotation

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from videoconvmae.engine.tasks import TRAIN_TASKS
+from videoconvmae.task import Task
 
 HELP = {
     "pretrain": "masked-autoencoder pretraining (image or video)",
@@ -93,7 +93,7 @@ def _visualize(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from videoconvmae.commandline import add_config_args
 
-    for task in TRAIN_TASKS:
+    for task in (t.value for t in Task if t.trains):
         p = subparsers.add_parser(task, help=HELP[task], description=f"{HELP[task]}; resumes from "
                                   "<train.output_dir> by default (train.resume=auto)")
         add_config_args(p)

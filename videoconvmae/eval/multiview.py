@@ -26,6 +26,7 @@ from videoconvmae.artifacts import saved_config
 from videoconvmae.config import Config, from_dict
 from videoconvmae.data.sampling import clip_sampling, model_input_shape
 from videoconvmae.engine.checkpoint import load_task_model
+from videoconvmae.engine.tasks import check_modality
 from videoconvmae.errors import ConfigError
 from videoconvmae.eval.inputs import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.eval.metrics import aggregate
@@ -87,6 +88,7 @@ def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
     model_cfg = from_dict(saved).model if saved else cfg.model
     # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
     model_cfg = dataclasses.replace(model_cfg, pretrained="")
+    check_modality(cfg.data, model_cfg)
     asked = dataclasses.replace(cfg.model, pretrained="")
     if saved and model_cfg != asked:
         differ = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(asked, f.name)]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import submitit
 
-from videoconvmae.config import TASKS, Config, load_config, preset_layers
-from videoconvmae.errors import ConfigError
+from videoconvmae.config import Config, load_config, preset_layers
 from videoconvmae.launch import registry
 from videoconvmae.launch.job import job_result
 from videoconvmae.launch.submit import Launched, SweepSpec, launch, parse_sweep
+from videoconvmae.task import Task
 
 
 def load_task_config(task: str, preset: str | None, overrides: Sequence[str]) -> Config:
@@ -53,8 +53,7 @@ def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
 def launch_task(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: SweepSpec = (), *,
                 entries: dict[str, str | Callable] | None = None) -> Launched:
     """``videoconvmae launch TASK PRESET [overrides]`` from Python: the words' Config, submitted by ``launch``."""
-    if task not in TASKS:
-        raise ConfigError(f"task: expected one of {'|'.join(TASKS)}, got {task!r}")
+    Task.parse(task)
     cfg = load_task_config(task, preset, overrides)
     return launch(cfg, sweep, entries=entries, preset=preset or "", overrides=overrides)
 
@@ -157,7 +156,7 @@ def _jobs(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("launch", help="submit a run to Slurm with submitit (or run it locally)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=TASKS, help="what to run")
+    p.add_argument("task", choices=[t.value for t in Task], help="what to run")
     p.add_argument("preset", help="config preset name or YAML path (eval: also a CHECKPOINT)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, slurm.<key>=value resources, sweep=key.sub=v1,v2")

@@ -10,8 +10,10 @@ import launch_toys
 import pytest
 
 from videoconvmae.config import ConfigError, load_config
+from videoconvmae.engine.distributed import read_env
 from videoconvmae.launch.cli import launch_task, wait_and_report
 from videoconvmae.launch.executor import check_slurm_config, executor_parameters, job_folder, make_executor
+from videoconvmae.launch.srun import expand_nodelist, torch_env_from_slurm
 from videoconvmae.launch.submit import parse_sweep
 
 cloudpickle.register_pickle_by_value(launch_toys)
@@ -179,3 +181,21 @@ def test_slurm_cluster_without_sbatch_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(ConfigError, match=r"slurm.cluster=slurm but `sbatch` is not on PATH"):
         launch_task("pretrain", None, [f"train.output_dir={tmp_path}"])
+
+
+def test_nodelist_expansion():
+    assert expand_nodelist("node[01-03,07]") == ["node01", "node02", "node03", "node07"]
+    assert expand_nodelist("gpu5,a[9-10]") == ["gpu5", "a9", "a10"]
+    assert expand_nodelist("r1n[2-3]-ib") == ["r1n2-ib", "r1n3-ib"]
+
+
+def test_an_srun_task_gets_torch_variables_and_torchrun_wins():
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[12-13]",
+             "SLURM_JOB_ID": "4242"}
+    env = dict(slurm)
+    torch_env_from_slurm(env)
+    assert read_env(env) == {"rank": 3, "world_size": 8, "local_rank": 1, "master_addr": "gpu12",
+                             "master_port": 29500 + 4242}
+    both = {**slurm, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
+    assert torch_env_from_slurm(both) == {}
+    assert read_env(both) == {"rank": 0, "world_size": 2, "local_rank": 0, "master_addr": "h", "master_port": 1234}

@@ -92,7 +92,7 @@ def test_two_nodes_equal_one_node_the_sbatch_template_and_torchrun(slurm2, two_n
     out1 = tmp_path / "one_node"
     job1 = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, out1, *RUN, *ONE_NODE_TWO_TASKS,
                                                           f"slurm.registry={tmp_path / 'jobs.jsonl'}")).jobs[0]
-    # The plain sbatch template for the same resources: srun runs the CLI, the engine reads SLURM_* itself.
+    # The plain sbatch template for the same resources: srun runs the CLI, which exports torch's variables.
     out_sb = tmp_path / "sbatch"
     script = tmp_path / "pretrain.sbatch"
     launch_overrides = [*_run_overrides(synth_root, out_sb), "slurm.gpus_per_node=0", "slurm.cpus_per_task=1",

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from videoconvmae.launch.srun import torch_env_from_slurm
+
+    torch_env_from_slurm()  # a plain srun task (slurm/ templates): the engine reads torch's variables only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

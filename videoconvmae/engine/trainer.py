@@ -191,9 +191,7 @@ class Trainer:
         self.parts = parts
         check_precision(cfg.train.precision, dist_info.device)
         tc, oc = cfg.train, cfg.optim
-        self.model = parts.model.to(dist_info.device)
-        if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(True)
+        self.model = parts.model.to(dist_info.device)  # built by the task (models.build_model: grad checkpointing)
         # fsdp: DCP checkpoints always; sharding needs 2+ processes (one process trains the plain model, which
         # resumes from and writes the same DCP folders)
         self.fsdp = tc.parallel == "fsdp"

@@ -11,9 +11,11 @@ not load torch.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,6 +63,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         data = data.encode()
     write = (lambda f: f.write(data)) if isinstance(data, bytes) else data
     return atomic_write_all([(path, write)])[0]
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Sequence]) -> Path:
+    """``rows`` (the header first) as a CSV file, atomically."""
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return atomic_write(path, text.getvalue())
 
 
 def _first_line(e: BaseException) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoconvmae.artifacts import saved_config
+from videoconvmae.artifacts import atomic_write, saved_config, write_csv
 from videoconvmae.config import Config
 from videoconvmae.engine.checkpoint import load_task_model
 from videoconvmae.eval.multiview import (
@@ -81,12 +81,9 @@ def _write(cfg: Config, model_cfg: ModelConfig, records: list, parts: list, job_
         files["views"] = _save(out / "views.npy", views)
     if per_clip:
         files["clips"] = _save(out / "clips.npy", views.reshape(len(views), t, s, -1).mean(axis=2))
-    with open(out / INDEX_CSV, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row", "video_id", "label", "path"])
-        for row, p in enumerate(positions):
-            w.writerow([row, records[p].video_id, records[p].label, records[p].path])
-    files["index"] = str(out / INDEX_CSV)
+    files["index"] = str(write_csv(out / INDEX_CSV, [["row", "video_id", "label", "path"],
+                                                     *([row, records[p].video_id, records[p].label, records[p].path]
+                                                       for row, p in enumerate(positions))]))
     i, n = parse_shard(cfg.eval.shard)
     summary = {"num_videos": len(positions), "dim": int(views.shape[-1]), "num_unreadable": len(failed),
                "num_assigned": len(job_part),
@@ -100,8 +97,7 @@ def _write(cfg: Config, model_cfg: ModelConfig, records: list, parts: list, job_
 
 
 def _save(path: Path, array: np.ndarray) -> str:
-    np.save(path, np.ascontiguousarray(array, dtype=np.float32))
-    return str(path)
+    return str(atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32))))
 
 
 def read_features(folder: str | Path) -> tuple[np.ndarray, list[dict]]:

@@ -165,6 +165,9 @@ def test_visualize_image_and_video(synth_root, tmp_path, image_pretrain):
     marks = {tuple(c) for c in masked[(masked != original).any(1)]}
     assert len(marks) == 1 and (masked == original).all(1).sum() > 0  # one mark colour; visible cells unchanged
     assert not (original == np.array(marks.pop())).all(1).any()  # a colour no input pixel has
+    # the exported safetensors (config in its metadata) draws the same picture
+    assert main(["visualize", str(pre_dir / "weights.safetensors"), str(image), "--out", str(tmp_path / "s.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s.png").convert("RGB")), png)
     video_run = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "vid", "train.max_steps=1"))
     clip = next((synth_root / "k400" / "val").glob("*.mp4"))
     assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.gif")]) == 0

@@ -100,8 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run)
     v = subparsers.add_parser("visualize", help="original / masked / reconstruction side by side",
                               description="Reconstruct an image (-> .png) or a video (-> .gif / .mp4) with a "
-                              "pretrain checkpoint (checkpoint-*.pt or weights.pt).")
-    v.add_argument("checkpoint", help="pretrain checkpoint or exported weights.pt")
+                              "pretrain checkpoint (checkpoint-*.pt, weights.pt or weights.safetensors).")
+    v.add_argument("checkpoint", help="pretrain checkpoint or exported weights (.pt / .safetensors)")
     v.add_argument("input", help="an image or a video file")
     v.add_argument("--out", required=True, help="output file: .png for an image, .gif or .mp4 for a video")
     v.add_argument("--seed", type=int, default=0, help="seed of the random mask")

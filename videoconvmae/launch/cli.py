@@ -53,9 +53,8 @@ def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
 def launch_task(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: SweepSpec = (), *,
                 entries: dict[str, str | Callable] | None = None) -> Launched:
     """``videoconvmae launch TASK PRESET [overrides]`` from Python: the words' Config, submitted by ``launch``."""
-    Task.parse(task)
-    cfg = load_task_config(task, preset, overrides)
-    return launch(cfg, sweep, entries=entries, preset=preset or "", overrides=overrides)
+    return launch(load_task_config(task, preset, overrides), sweep, entries=entries, preset=preset or "",
+                  overrides=overrides)
 
 
 def _split_words(words: list[str]) -> tuple[list[str], list[str]]:

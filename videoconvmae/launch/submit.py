@@ -30,7 +30,6 @@ from videoconvmae.errors import ConfigError, UserError
 from videoconvmae.launch import registry
 from videoconvmae.launch.executor import check_slurm_config, make_executor
 from videoconvmae.launch.job import EVAL_ENTRY, MERGE_ENTRY, TRAIN_ENTRY, EvalJob, MergeJob, RunJob
-from videoconvmae.task import Task
 
 SweepSpec = Sequence[tuple[str, Sequence[str]]]
 
@@ -75,7 +74,6 @@ def launch(cfg: Config, sweep: SweepSpec = (), *, entries: dict[str, str | Calla
     the same contract) — for tests of the plumbing; the CLI never passes it. ``preset`` / ``overrides`` are only
     recorded in the registry (what the user typed).
     """
-    Task.parse(cfg.task)
     entries = {"train": TRAIN_ENTRY, "eval": EVAL_ENTRY, "merge": MERGE_ENTRY, **(entries or {})}
     check_slurm_config(cfg.slurm)
     output_dir = Path(cfg.train.output_dir).resolve()

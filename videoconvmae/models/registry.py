@@ -8,12 +8,12 @@ cube embed and a temporal depthwise kernel of 3).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 
 from videoconvmae.models.config import ModelConfig
-from videoconvmae.models.convmae import ConvMAEClassifier, ConvMAEPretrain
+from videoconvmae.models.convmae import IMAGENET_MEAN, IMAGENET_STD, ConvMAEClassifier, ConvMAEPretrain
 from videoconvmae.task import Task
 
 
@@ -36,36 +36,31 @@ SIZES: dict[str, Size] = {
 }
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 @dataclass(frozen=True)
 class Family:
+    """A model family and the defaults a run of it starts from (the presets', timm's ``pretrained_cfg``)."""
+
     size: str
     spatial_dims: int  # 2 images, 3 video
     decoder: tuple[int, int, int]  # (depth, dim, heads)
-    extra: dict = field(default_factory=dict)
-    # The defaults a run of the family starts from (the presets', timm's pretrained_cfg): ImageNet statistics
-    # for both (VideoMAE normalises video with them too).
-    mean: tuple[float, float, float] = IMAGENET_MEAN
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # video too, as VideoMAE normalises
     std: tuple[float, float, float] = IMAGENET_STD
 
     @property
-    def input_size(self) -> int:
-        return 64 if self.size == "tiny" else 224  # tiny: the CPU debug presets
+    def input_size(self) -> int:  # tiny: the CPU debug presets
+        return 64 if self.size == "tiny" else 224
 
     @property
-    def num_frames(self) -> int | None:
-        """Frames per clip (VideoMAE's 16; tiny 8); None for an image family."""
+    def num_frames(self) -> int | None:  # VideoMAE's 16 (tiny 8); None for images
         return None if self.spatial_dims == 2 else 8 if self.size == "tiny" else 16
 
     @property
-    def mask_type(self) -> str:
-        return "tube" if self.spatial_dims == 3 else "block"  # VideoMAE's tube / ConvMAE's block-wise
+    def mask_type(self) -> str:  # VideoMAE's tube / ConvMAE's block-wise
+        return "tube" if self.spatial_dims == 3 else "block"
 
     @property
-    def mask_ratio(self) -> float:
-        return 0.9 if self.spatial_dims == 3 else 0.75  # VideoMAE's 90% / ConvMAE's 75%
+    def mask_ratio(self) -> float:  # VideoMAE's 90% / ConvMAE's 75%
+        return 0.9 if self.spatial_dims == 3 else 0.75
 
 
 IMAGE_DECODER = (8, 512, 16)  # the official ConvMAE decoder

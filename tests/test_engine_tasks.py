@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from videoconvmae.cli import main
-from videoconvmae.config import from_dict, load_config
+from videoconvmae.config import ConfigError, from_dict, load_config
 from videoconvmae.engine.checkpoint import list_checkpoints, load_checkpoint
 from videoconvmae.engine.tasks import run_task
 
@@ -49,6 +49,22 @@ def test_unknown_override_key_fails_before_any_work(tmp_path, capsys):
     assert main(["pretrain", "pretrain_k400_tiny", f"train.output_dir={out}", "train.bogus=1"]) == 2
     assert "unknown config key 'train.bogus'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_data_modality_must_be_the_models(synth_root, tmp_path, capsys):
+    """Images into a video model (and clips into an image model) fail in one line naming both keys, before any
+    work (they used to fail deep in a convolution)."""
+    with pytest.raises(ConfigError, match="data.dataset='imagefolder' gives images but model.arch="
+                                          "'videoconvmae_tiny' is a video model") as e:
+        run_task(image_cfg("pretrain_in1k_tiny", synth_root, tmp_path / "a", "model.arch=videoconvmae_tiny"))
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+    out = tmp_path / "b"
+    k = synth_root / "k400"
+    assert main(["pretrain", "pretrain_k400_tiny", f"data.root={k}", f"data.train_annotation={k}/train.csv",
+                 f"data.val_annotation={k}/val.csv", f"train.output_dir={out}", "model.arch=convmae_tiny", *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: data.dataset='k400' gives video clips but model.arch='convmae_tiny' is an image model "
+                   "(spatial_dims=2): use a videoconvmae_* arch or a dataset of that modality")
 
 
 def test_image_pretrain_loss_falls_and_exports(image_pretrain):
@@ -173,6 +189,9 @@ def test_visualize_image_and_video(synth_root, tmp_path, image_pretrain):
     marks = {tuple(c) for c in masked[(masked != original).any(1)]}
     assert len(marks) == 1 and (masked == original).all(1).sum() > 0  # one mark colour; visible cells unchanged
     assert not (original == np.array(marks.pop())).all(1).any()  # a colour no input pixel has
+    # the exported safetensors (config in its metadata) draws the same picture
+    assert main(["visualize", str(pre_dir / "weights.safetensors"), str(image), "--out", str(tmp_path / "s.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s.png").convert("RGB")), png)
     video_run = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "vid", "train.max_steps=1"))
     clip = next((synth_root / "k400" / "val").glob("*.mp4"))
     assert main(["visualize", video_run["checkpoint"], str(clip), "--out", str(tmp_path / "v.gif")]) == 0

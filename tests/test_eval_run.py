@@ -263,3 +263,52 @@ def test_eval_precision_follows_the_training_rule():
     positions, scores, failed = predict(model, DataLoader([]), torch.device("cpu"), "softmax", [0.5] * 3,
                                         [0.5] * 3, precision="bf16")
     assert positions == [] and failed == []
+
+
+def test_every_kind_of_weight_file_evaluates_and_a_pretrain_checkpoint_is_one_line(k400, tmp_path, capsys):
+    """A finetune checkpoint-*.pt, a linear probe's checkpoint-*.pt (head BatchNorm + Linear, head.0 / head.1),
+    weights.pt and .safetensors all evaluate; the probe's checkpoint predicts what its folded export predicts."""
+    from videoconvmae.engine.tasks import build_task_model, fold_linear_probe
+
+    saved = torch.load(k400.eval.checkpoint, weights_only=True)
+    files = {"weights.pt": k400.eval.checkpoint, "safetensors": str(tmp_path / "weights.safetensors")}
+    save_file(saved["model"], files["safetensors"], metadata={"config": json.dumps(saved["config"])})
+    files["finetune checkpoint"] = str(tmp_path / "ft" / "checkpoint-00000002.pt")
+    os.makedirs(tmp_path / "ft")
+    torch.save({**saved, "optimizer": {}, "step": 2, "epoch": 0}, files["finetune checkpoint"])
+
+    probe_cfg = from_dict({**saved["config"], "task": "linprobe"})
+    torch.manual_seed(1)
+    probe = build_task_model(probe_cfg, num_classes=5)
+    probe.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith("head.")}, strict=False)
+    with torch.no_grad():  # statistics far from (0, 1), so a head that skipped the BatchNorm would differ
+        probe.head[0].running_mean.normal_(0, 0.5)
+        probe.head[0].running_var.uniform_(0.2, 3.0)
+    probe_state = probe.state_dict()
+    assert "head.0.running_mean" in probe_state and "head.1.weight" in probe_state
+    files["linprobe checkpoint"] = str(tmp_path / "lp" / "checkpoint-00000003.pt")
+    os.makedirs(tmp_path / "lp")
+    torch.save({"model": probe_state, "config": to_dict(probe_cfg), "optimizer": {}, "step": 3},
+               files["linprobe checkpoint"])
+    files["linprobe weights.pt"] = str(tmp_path / "lp" / "weights.pt")
+    torch.save({"model": fold_linear_probe(probe.eval()), "config": to_dict(probe_cfg)}, files["linprobe weights.pt"])
+
+    scores = {}
+    for name, path in files.items():
+        out = tmp_path / "out" / name.replace(" ", "_")
+        run_eval(_with(k400, checkpoint=path, out_dir=str(out), num_temporal_views=1, num_spatial_views=1))
+        scores[name] = load_predictions(out / "predictions.npz")[2]
+    for name in ("safetensors", "finetune checkpoint"):
+        np.testing.assert_array_equal(scores[name], scores["weights.pt"])
+    np.testing.assert_allclose(scores["linprobe checkpoint"], scores["linprobe weights.pt"], rtol=0, atol=1e-5)
+    assert not np.allclose(scores["linprobe checkpoint"], scores["weights.pt"], atol=1e-3)
+
+    pre_cfg = from_dict({**saved["config"], "task": "pretrain"})
+    torch.save({"model": build_task_model(pre_cfg).state_dict(), "config": to_dict(pre_cfg), "step": 1},
+               tmp_path / "checkpoint-00000001.pt")
+    with pytest.raises(ConfigError, match="has no classifier") as e:
+        run_eval(_with(k400, checkpoint=str(tmp_path / "checkpoint-00000001.pt"), out_dir=str(tmp_path / "pre")))
+    assert "\n" not in str(e.value)
+    assert main(["eval", str(tmp_path / "checkpoint-00000001.pt"), f"eval.out_dir={tmp_path / 'pre'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: eval.checkpoint:") and "has no classifier" in err and "\n" not in err

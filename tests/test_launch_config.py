@@ -10,9 +10,11 @@ import launch_toys
 import pytest
 
 from videoconvmae.config import ConfigError, load_config
-from videoconvmae.launch.cli import wait_and_report
+from videoconvmae.engine.distributed import read_env
+from videoconvmae.launch.cli import launch_task, wait_and_report
 from videoconvmae.launch.executor import check_slurm_config, executor_parameters, job_folder, make_executor
-from videoconvmae.launch.submit import launch, parse_sweep
+from videoconvmae.launch.srun import expand_nodelist, torch_env_from_slurm
+from videoconvmae.launch.submit import parse_sweep
 
 cloudpickle.register_pickle_by_value(launch_toys)
 
@@ -84,7 +86,7 @@ def test_executor_for_debug_writes_logs_under_the_run(tmp_path):
 
 
 def test_debug_cluster_runs_the_same_job_in_process(tmp_path, capsys):
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=3",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=3",
                                          "slurm.cluster=debug", "slurm.gpus_per_node=0"],
                       entries={"train": launch_toys.toy_run_task})
     assert wait_and_report(launched) == 0
@@ -94,7 +96,7 @@ def test_debug_cluster_runs_the_same_job_in_process(tmp_path, capsys):
 
 
 def test_debug_failure_is_one_line(tmp_path, capsys):
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=debug",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=debug",
                                          "data.root=/nope"], entries={"train": launch_toys.toy_failing_task})
     assert wait_and_report(launched) == 1
     err = capsys.readouterr().err.strip()
@@ -104,7 +106,7 @@ def test_debug_failure_is_one_line(tmp_path, capsys):
 
 def test_local_cluster_runs_the_pickled_job(tmp_path):
     reg = tmp_path / "jobs.jsonl"
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2",
                                          "slurm.cluster=local", "slurm.gpus_per_node=0", f"slurm.registry={reg}"],
                       entries={"train": launch_toys.toy_run_task})
     result = launched.jobs[0].result()
@@ -115,13 +117,13 @@ def test_local_cluster_runs_the_pickled_job(tmp_path):
 
 def test_sweep_not_for_eval(tmp_path):
     with pytest.raises(ConfigError, match="sweeps are for training tasks"):
-        launch("eval", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug"],
+        launch_task("eval", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug"],
                sweep=[("optim.base_lr", ["1e-4"])])
 
 
 def test_array_is_for_eval_only(tmp_path):
     with pytest.raises(ConfigError, match="slurm.array=3: arrays shard eval only"):
-        launch("pretrain", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug", "slurm.array=3"])
+        launch_task("pretrain", None, [f"train.output_dir={tmp_path}", "slurm.cluster=debug", "slurm.array=3"])
 
 
 def test_launch_eval_from_a_checkpoint_takes_its_saved_config(synth_root, tmp_path, capsys):
@@ -164,7 +166,7 @@ def test_local_multi_task_job_is_a_ddp_run(synth_root, tmp_path, capsys):
 
 
 def test_failure_on_one_rank_names_that_rank_s_log(tmp_path, capsys):
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=local",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "slurm.cluster=local",
                                          "slurm.gpus_per_node=2", f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"train": launch_toys.toy_failing_on_rank_1})
     assert wait_and_report(launched) == 1
@@ -178,4 +180,22 @@ def test_failure_on_one_rank_names_that_rank_s_log(tmp_path, capsys):
 def test_slurm_cluster_without_sbatch_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(ConfigError, match=r"slurm.cluster=slurm but `sbatch` is not on PATH"):
-        launch("pretrain", None, [f"train.output_dir={tmp_path}"])
+        launch_task("pretrain", None, [f"train.output_dir={tmp_path}"])
+
+
+def test_nodelist_expansion():
+    assert expand_nodelist("node[01-03,07]") == ["node01", "node02", "node03", "node07"]
+    assert expand_nodelist("gpu5,a[9-10]") == ["gpu5", "a9", "a10"]
+    assert expand_nodelist("r1n[2-3]-ib") == ["r1n2-ib", "r1n3-ib"]
+
+
+def test_an_srun_task_gets_torch_variables_and_torchrun_wins():
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[12-13]",
+             "SLURM_JOB_ID": "4242"}
+    env = dict(slurm)
+    torch_env_from_slurm(env)
+    assert read_env(env) == {"rank": 3, "world_size": 8, "local_rank": 1, "master_addr": "gpu12",
+                             "master_port": 29500 + 4242}
+    both = {**slurm, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
+    assert torch_env_from_slurm(both) == {}
+    assert read_env(both) == {"rank": 0, "world_size": 2, "local_rank": 0, "master_addr": "h", "master_port": 1234}

@@ -19,9 +19,9 @@ import torch
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_launch_slurm import _release_if_requeued, _steps_logged, _tiny, _wait_for
 
+from videoconvmae.launch.cli import launch_task
 from videoconvmae.launch.job import job_result
 from videoconvmae.launch.sbatch import render_sbatch
-from videoconvmae.launch.submit import launch
 
 pytestmark = pytest.mark.slurm
 
@@ -55,7 +55,7 @@ def two_node_run(slurm2, synth_root, tmp_path_factory):
     """The uninterrupted 2-node x 1-task run, submitted once for the module: (job, output folder)."""
     out = tmp_path_factory.mktemp("two_nodes") / "run"
     reg = out.parent / "jobs.jsonl"
-    job = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, out, *RUN, *TWO_NODES,
+    job = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, out, *RUN, *TWO_NODES,
                                                           f"slurm.registry={reg}")).jobs[0]
     return job, out
 
@@ -90,9 +90,9 @@ def _run_overrides(synth_root: Path, out: Path) -> list[str]:
 def test_two_nodes_equal_one_node_the_sbatch_template_and_torchrun(slurm2, two_node_run, synth_root, tmp_path):
     job2, out2 = two_node_run
     out1 = tmp_path / "one_node"
-    job1 = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, out1, *RUN, *ONE_NODE_TWO_TASKS,
+    job1 = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, out1, *RUN, *ONE_NODE_TWO_TASKS,
                                                           f"slurm.registry={tmp_path / 'jobs.jsonl'}")).jobs[0]
-    # The plain sbatch template for the same resources: srun runs the CLI, the engine reads SLURM_* itself.
+    # The plain sbatch template for the same resources: srun runs the CLI, which exports torch's variables.
     out_sb = tmp_path / "sbatch"
     script = tmp_path / "pretrain.sbatch"
     launch_overrides = [*_run_overrides(synth_root, out_sb), "slurm.gpus_per_node=0", "slurm.cpus_per_task=1",
@@ -137,7 +137,7 @@ def test_two_nodes_equal_one_node_the_sbatch_template_and_torchrun(slurm2, two_n
 def test_preempted_two_node_job_resumes_equal_to_the_uninterrupted_one(slurm2, two_node_run, synth_root, tmp_path):
     _, out_ref = two_node_run
     cut_dir = tmp_path / "cut"
-    cut = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *RUN, *TWO_NODES,
+    cut = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *RUN, *TWO_NODES,
                                                          f"slurm.registry={tmp_path / 'jobs.jsonl'}")).jobs[0]
     _wait_for(lambda: _steps_logged(cut_dir) >= 2, 240, "the 2-node run to reach step 2", job=cut)
     cut._interrupt()  # SIGTERM + SIGUSR2 to every task of the job, as a preemption

@@ -21,9 +21,8 @@ from slurm_cluster import LocalSlurm, unavailable_reason
 
 from videoconvmae.cli import main
 from videoconvmae.launch import registry
-from videoconvmae.launch.cli import wait_and_report
+from videoconvmae.launch.cli import launch_task, wait_and_report
 from videoconvmae.launch.job import job_result
-from videoconvmae.launch.submit import launch
 
 pytestmark = pytest.mark.slurm
 cloudpickle.register_pickle_by_value(launch_toys)  # the job process has no tests/ on its path
@@ -87,7 +86,7 @@ def test_cluster_runs_a_batch_job(slurm, tmp_path):
 
 def test_preempted_job_resumes_at_the_step_boundary(slurm, tmp_path):
     steps = 12
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", f"train.max_steps={steps}",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", f"train.max_steps={steps}",
                                          *CPU_JOB, f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"train": launch_toys.toy_run_task})
     job = launched.jobs[0]
@@ -107,7 +106,7 @@ def test_preempted_job_resumes_at_the_step_boundary(slurm, tmp_path):
 
 
 def test_failed_job_is_one_readable_line(slurm, tmp_path, capsys):
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "data.root=/no/such/folder",
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "data.root=/no/such/folder",
                                          *CPU_JOB, f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"train": launch_toys.toy_failing_task})
     assert wait_and_report(launched) == 1
@@ -151,7 +150,7 @@ def test_sweep_from_the_cli_is_one_array_and_jobs_lists_it(slurm, synth_root, tm
 
 
 def test_cancelled_job_reports_state(slurm, tmp_path, capsys):
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
                                          f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"train": launch_toys.toy_run_task})
     job = launched.jobs[0]
@@ -215,9 +214,9 @@ def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm,
     steps = 24  # 3 steps per epoch on the synthetic set: the stop lands mid-epoch more often than not
     common = ["train.max_steps=24", "optim.epochs=10", "train.ckpt_every_steps=1000",
               f"slurm.registry={tmp_path / 'jobs.jsonl'}"]
-    ref = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, tmp_path / "ref", *common)).jobs[0]
+    ref = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, tmp_path / "ref", *common)).jobs[0]
     cut_dir = tmp_path / "cut"
-    cut = launch("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *common)).jobs[0]
+    cut = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *common)).jobs[0]
     _wait_for(lambda: _steps_logged(cut_dir) >= 4, 180, "the run to reach step 4")
     cut._interrupt()  # SIGTERM + SIGUSR2, as a preemption
     _wait_for(lambda: _release_if_requeued(slurm, cut.job_id), 90, "the preempted job to be requeued", job=cut)
@@ -252,8 +251,8 @@ def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root
     torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
     eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
 
-    single = launch("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
-    arrayed = launch("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
+    single = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
+    arrayed = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
                                                      "slurm.array=3"])
     shard_ids = [str(j.job_id) for j in arrayed.jobs]
     array_id = shard_ids[0].split("_")[0]
@@ -276,7 +275,7 @@ def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root
 
 def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm, tmp_path, capsys):
     # With a 1-minute limit every signal counts as a time-out (submitit: ran >= min(0.8 x limit, limit - 10 min)).
-    launched = launch("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
+    launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
                                          "slurm.timeout_min=1", "slurm.signal_delay_s=1", "slurm.max_num_timeout=1",
                                          f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"train": launch_toys.toy_run_task})
@@ -312,7 +311,7 @@ def test_refused_submission_is_one_line(slurm, tmp_path, capsys):
 
 
 def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
-    launched = launch("eval", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=25", *CPU_JOB,
+    launched = launch_task("eval", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=25", *CPU_JOB,
                                      f"slurm.registry={tmp_path / 'jobs.jsonl'}"],
                       entries={"eval": launch_toys.toy_eval})
     job = launched.jobs[0]

@@ -12,7 +12,7 @@ import pytest
 
 from videoconvmae.cli import build_parser, main
 from videoconvmae.config import to_dict
-from videoconvmae.launch.submit import load_task_config
+from videoconvmae.launch.cli import load_task_config
 
 TEMPLATES = sorted((Path(__file__).resolve().parent.parent / "slurm").glob("*.sbatch"))
 

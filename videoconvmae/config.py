@@ -23,13 +23,15 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from videoconvmae.artifacts import atomic_write
 from videoconvmae.data.config import DataConfig
 from videoconvmae.engine.config import OptimConfig, TrainConfig
+from videoconvmae.errors import ConfigError
 from videoconvmae.eval.config import EvalConfig
 from videoconvmae.launch.config import SlurmConfig
 from videoconvmae.models.config import ModelConfig
+from videoconvmae.task import Task
 
-TASKS = ("pretrain", "finetune", "linprobe", "eval")
 # keys that were replaced: a preset or override using one gets a line naming the new key
 REPLACED_KEYS = {
     "model.norm_pix_loss": "model.loss_target (mae = the old norm_pix_loss: true, pixel = false; videomae)",
@@ -49,15 +51,10 @@ class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # cluster resources (launch only)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {'|'.join(TASKS)}, got {self.task!r}")
+        Task.parse(self.task)
         data = self.data  # sizes no model accepts fail here (also in `config show`), not after [start]
         frames = (data.num_segments or data.num_frames) if data.dataset == "ssv2" else data.num_frames
         self.model.check_input(data.input_size, None if data.dataset == "imagefolder" else frames)
-
-
-class ConfigError(ValueError):
-    """A bad preset, key or value; the message is one line naming the file or key."""
 
 
 def config_dirs() -> list[Path]:
@@ -227,6 +224,11 @@ def describe_config(cfg: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with ``key.sub=value`` overrides on top (validated as a preset's are)."""
+    return merge_layers([("config", to_dict(cfg))], overrides)
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -268,13 +270,8 @@ def from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML (atomically: temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    """Write the resolved config as YAML (atomically)."""
+    return atomic_write(path, to_yaml(cfg))
 
 
 def code_version() -> str:

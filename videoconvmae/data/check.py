@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from videoconvmae.artifacts import atomic_write
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import IMAGE_EXTENSIONS, VideoRecord, load_records
 from videoconvmae.data.video import UnreadableError, read_clip
@@ -78,6 +79,5 @@ def check_annotation(cfg: DataConfig, annotation: str, report: str | os.PathLike
             bar.update(1)
     bar.close()
     report = Path(report or f"{annotation.rstrip('/')}.check.tsv")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("path\treason\tdetail\n" + "".join(f"{p}\t{r}\t{d}\n" for p, r, d in bad))
+    atomic_write(report, "path\treason\tdetail\n" + "".join(f"{p}\t{r}\t{d}\n" for p, r, d in bad))
     return CheckResult(len(records), bad, report)

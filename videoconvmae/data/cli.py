@@ -17,7 +17,7 @@ def _synth(args: argparse.Namespace) -> int:
     try:
         out = write_synthetic_dataset(args.out, seed=args.seed, **spec)
     except ValueError as e:
-        from videoconvmae.cli import UserError
+        from videoconvmae.errors import UserError
 
         raise UserError(f"data synth: {e}") from None
     n = args.classes * (args.train_per_class + args.val_per_class)
@@ -30,9 +30,9 @@ def _synth(args: argparse.Namespace) -> int:
 def check_config(annotation: str, words: list[str]):
     """The ``DataConfig`` of ``data check``: [PRESET] + ``data.*`` overrides, as a run reads them; the dataset kind
     is guessed from the annotation unless the preset or an override names it."""
-    from videoconvmae.cli import UserError
     from videoconvmae.config import load_config, preset_layers
     from videoconvmae.data.check import guess_dataset
+    from videoconvmae.errors import UserError
 
     preset = words[0] if words and "=" not in words[0] else None
     overrides = words[1:] if preset else words
@@ -47,8 +47,9 @@ def check_config(annotation: str, words: list[str]):
 
 
 def _check(args: argparse.Namespace) -> int:
-    from videoconvmae.cli import UserError, emit
+    from videoconvmae.commandline import emit
     from videoconvmae.data.check import check_annotation
+    from videoconvmae.errors import UserError
 
     if not os.path.exists(args.annotation):
         raise UserError(f"data check: {args.annotation}: no such file or folder")
@@ -62,7 +63,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from videoconvmae.cli import add_any_order_parser
+    from videoconvmae.commandline import add_any_order_parser
 
     p = subparsers.add_parser("data", help="synthetic dataset, dataset checks")
     sub = p.add_subparsers(dest="data_command", required=True)

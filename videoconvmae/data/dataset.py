@@ -28,19 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.seeding import ItemStreams
 from videoconvmae.data.transforms import ClipTransform
 from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
-
-MODES = ("pretrain", "finetune", "linprobe")
-
-
-class DataError(ConfigError):
-    """Unusable data (nothing readable, too many unreadable items); the message is one line."""
+from videoconvmae.errors import ConfigError, DataError
+from videoconvmae.task import Task
 
 
 def start_image_read(path: str, timeout_s: float | None = None) -> Callable[[], np.ndarray]:
@@ -68,8 +63,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, records: list[VideoRecord], class_names: list[str], split: str,
                  mode: str, annotation: str = "") -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {'|'.join(MODES)}, got {mode!r}")
+        Task.parse(mode, "mode", train=True)
         _validate(cfg)
         self.cfg, self.records, self.class_names = cfg, records, class_names
         self.split, self.mode, self.annotation = split, mode, annotation

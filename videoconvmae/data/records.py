@@ -23,8 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from videoconvmae.config import ConfigError
+from videoconvmae.artifacts import atomic_write
 from videoconvmae.data.config import DataConfig
+from videoconvmae.errors import ConfigError
 
 K400_HEADER = ("label", "youtube_id", "time_start", "time_end")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -75,13 +76,8 @@ def load_records(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[s
 
 def save_class_names(class_names: list[str], path: str | os.PathLike) -> Path:
     """Write ``{"class_names": [...], "class_to_idx": {name: id}}`` as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"class_names": class_names,
-                               "class_to_idx": {n: i for i, n in enumerate(class_names)}}, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps({"class_names": class_names,
+                                          "class_to_idx": {n: i for i, n in enumerate(class_names)}}, indent=1))
 
 
 def _resolve(root: str, path: str) -> str:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
+from videoconvmae.errors import ConfigError
 
 SAMPLINGS = ("dense", "segment")
 DEFAULT_SAMPLING_RATE = {"k400": 4, "ssv2": 2}  # VideoMAE's K400 16x4 and SSV2 pretraining 16x2

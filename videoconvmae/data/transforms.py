@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from videoconvmae import compat  # noqa: F401  (before timm, imported lazily below)
-from videoconvmae.config import ConfigError
 from videoconvmae.data.config import DataConfig
+from videoconvmae.errors import ConfigError
 
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 

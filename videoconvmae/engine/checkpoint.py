@@ -1,25 +1,31 @@
-"""Atomic, resumable checkpoints and the small exported weight files.
+"""The artifacts of a run: resumable training checkpoints, exported weights, and ``load_task_model``, the one way
+eval, ``features`` and ``visualize`` turn any weight file into a ready model.
 
-A checkpoint is never half-written: it is saved to a temp file in the same folder, fsync'ed, then renamed
-over the final name (rename is atomic within a file system), and the folder is fsync'ed so the rename itself
-survives a crash. Everything inside is a tensor or a plain Python value so ``torch.load(weights_only=True)``
-reads it (numpy RNG state is converted to a tensor for that reason).
+Files are written and read through ``videoconvmae.artifacts`` (atomic, fsync'ed; ``weights_only``). Everything
+in a checkpoint is a tensor or a plain Python value so ``torch.load(weights_only=True)`` reads it (numpy RNG
+state is converted to a tensor for that reason).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import re
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 from safetensors.torch import save as safetensors_bytes
+
+from videoconvmae.artifacts import atomic_write, atomic_write_all, read_artifact
+from videoconvmae.errors import ConfigError
+from videoconvmae.models.checkpoint import read_state_dict
+from videoconvmae.models.config import ModelConfig
 
 CKPT_PATTERN = re.compile(r"checkpoint-(\d+)\.pt$")
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "epoch_position", "rng", "config", "code_version")
@@ -27,45 +33,6 @@ REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "epoch_position", "rng",
 
 def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / f"checkpoint-{step:08d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """``write(file_object)`` into a temp file beside ``path``, fsync, rename over ``path``."""
-    return atomic_write_all([(path, write)])[0]
-
-
-def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[Any], None]]]) -> list[Path]:
-    """Several files that belong together: every temp file is written and fsync'ed before the first rename, so
-    a failed write (a full disk) leaves all of them as they were, never a mix of two runs."""
-    paths = [Path(p) for p, _ in files]
-    temps = [p.with_name(f".{p.name}.tmp{os.getpid()}") for p in paths]
-    try:
-        for tmp, (_, write) in zip(temps, files, strict=True):
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in zip(temps, paths, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            if tmp.exists():
-                tmp.unlink()
-    for folder in dict.fromkeys(p.parent for p in paths):
-        _fsync_dir(folder)
-    return paths
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -102,11 +69,9 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = N
 
 
 # ---------------------------------------------------------------------------------------------- finding / loading
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a training checkpoint (``weights_only=True``) and check it has the full state."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    ckpt = read_artifact(path, "train.resume")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
@@ -164,3 +129,51 @@ def export_weights(state_dict: dict[str, torch.Tensor], config: dict, output_dir
     pt, st = atomic_write_all([(out / f"{stem}.pt", lambda f: torch.save({"model": state, "config": config}, f)),
                                (out / f"{stem}.safetensors", lambda f: f.write(data))])
     return pt, st
+
+
+# ---------------------------------------------------------------------------------------------- ready models
+def load_task_model(path: str | os.PathLike, model_cfg: ModelConfig, task: str, *, num_classes: int = 0,
+                    input_shape: tuple[int, ...] | None = None,
+                    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None, use_ema: bool = False,
+                    key: str = "eval.checkpoint") -> nn.Module:
+    """The ``model_cfg`` model in eval mode holding every weight of ``path``: any weight file (a training
+    ``checkpoint-*.pt`` of any task, ``weights.pt``, ``.safetensors``, an official ConvMAE checkpoint).
+
+    ``task="pretrain"``: the pretrain model (``visualize``). Otherwise a classifier with ``num_classes`` outputs,
+    or, for ``num_classes=0``, the encoder without a head (``features``: a pretrain checkpoint's encoder; its
+    ``fc_norm`` may be missing). A linear probe's training checkpoint (head BatchNorm + Linear: ``head.0.*`` /
+    ``head.1.*``) gets the probe's head; a checkpoint without a head for a classifier is one line. Weights that
+    do not fit are one ConfigError line naming ``key``.
+    """
+    from videoconvmae.models import build_model, load_pretrained
+
+    state = read_state_dict(path, key, use_ema)
+    model_cfg = dataclasses.replace(model_cfg, pretrained="")  # every weight comes from ``path``
+    classifier = task != "pretrain"
+    if classifier and num_classes > 0 and not any(k.startswith("head.") for k in state):
+        raise ConfigError(f"{key}: {path} has no classifier (a pretrain checkpoint?): finetune or linprobe it "
+                          "first, or embed with `videoconvmae features`")
+    try:
+        model = build_model(model_cfg, "finetune" if classifier else "pretrain", max(num_classes, 1),
+                            input_shape=input_shape, input_norm=input_norm)
+    except ValueError as e:  # unknown arch or override in a saved model section
+        raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0]}") from None
+    name = f"{model_cfg.arch}_{'cls' if classifier else 'pretrain'}"
+    if classifier and num_classes == 0:
+        model.reset_classifier(0)
+    elif classifier:
+        name += f" with {model.num_classes} classes"
+        if "head.0.running_mean" in state:
+            from videoconvmae.engine.tasks import make_linear_probe
+
+            model = make_linear_probe(model)
+    report = load_pretrained(model, state, key)
+    missing = [k for k in report.missing if num_classes or not k.startswith("fc_norm.")]
+    unexpected = report.unexpected if num_classes or not classifier else []  # features: decoder / head unused
+    if missing or unexpected or report.mismatched:
+        parts = [f"{what} {len(keys)}: {', '.join(keys[:3])}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("of another shape", report.mismatched)) if keys]
+        raise ConfigError(f"{key}: {path}: weights do not fit {name} ({'; '.join(parts)})")
+    print(f"{key}: {path}: {report.summary()}")
+    return model.eval()

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from videoconvmae.engine.tasks import TRAIN_TASKS
+from videoconvmae.task import Task
 
 HELP = {
     "pretrain": "masked-autoencoder pretraining (image or video)",
@@ -59,10 +59,11 @@ class StopOnSignals:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from videoconvmae.cli import UserError, config_from_args, set_failure_log
+    from videoconvmae.commandline import config_from_args, set_failure_log
     from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.engine.tasks import run_task
     from videoconvmae.engine.trainer import NonFiniteLossError
+    from videoconvmae.errors import UserError
 
     cfg = config_from_args(args, task=args.command)  # unknown keys fail here, before any work
     set_failure_log(Path(cfg.train.output_dir) / "log.txt")
@@ -90,17 +91,17 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from videoconvmae.cli import add_config_args
+    from videoconvmae.commandline import add_config_args
 
-    for task in TRAIN_TASKS:
+    for task in (t.value for t in Task if t.trains):
         p = subparsers.add_parser(task, help=HELP[task], description=f"{HELP[task]}; resumes from "
                                   "<train.output_dir> by default (train.resume=auto)")
         add_config_args(p)
         p.set_defaults(func=_run)
     v = subparsers.add_parser("visualize", help="original / masked / reconstruction side by side",
                               description="Reconstruct an image (-> .png) or a video (-> .gif / .mp4) with a "
-                              "pretrain checkpoint (checkpoint-*.pt or weights.pt).")
-    v.add_argument("checkpoint", help="pretrain checkpoint or exported weights.pt")
+                              "pretrain checkpoint (checkpoint-*.pt, weights.pt or weights.safetensors).")
+    v.add_argument("checkpoint", help="pretrain checkpoint or exported weights (.pt / .safetensors)")
     v.add_argument("input", help="an image or a video file")
     v.add_argument("--out", required=True, help="output file: .png for an image, .gif or .mp4 for a video")
     v.add_argument("--seed", type=int, default=0, help="seed of the random mask")

@@ -1,15 +1,14 @@
-"""Process-group setup. ``init_distributed`` is the ONE place that reads torchrun and Slurm variables.
+"""Process-group setup. ``init_distributed`` is the ONE place that reads the rendezvous variables.
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and so does the launch layer for a
-submitit job (submitit's TorchDistributedEnvironment); a plain ``srun`` task (the slurm/ sbatch templates) has
-SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_JOB_NODELIST instead. torchrun's win when both are present
-(torchrun inside an sbatch script). The engine never imports the launch layer and runs no Slurm tool.
+The engine reads torch's variables only (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT): torchrun
+sets them, the launch layer exports them for a submitit job (submitit's TorchDistributedEnvironment) and, for a
+plain ``srun videoconvmae ...`` task, from Slurm's (``launch/srun.py``, called by the CLI). The engine never
+imports the launch layer, reads no Slurm variable and runs no Slurm tool.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import torch
@@ -34,29 +33,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def expand_nodelist(nodelist: str) -> list[str]:
-    """``node[01-03,07],gpu5`` -> ``[node01, node02, node03, node07, gpu5]`` (Slurm's compressed host list).
-
-    Parsed here rather than with ``scontrol show hostnames``: the engine runs no Slurm tool (a container may have
-    none) and only reads the variables a plain ``srun`` task gets (the slurm/ sbatch templates).
-    """
-    hosts: list[str] = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,\[]*", nodelist):
-        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
-        if not match:
-            hosts.append(item)
-            continue
-        prefix, ranges, suffix = match.groups()
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            if not hi:
-                hosts.append(f"{prefix}{lo}{suffix}")
-                continue
-            for i in range(int(lo), int(hi) + 1):
-                hosts.append(f"{prefix}{str(i).zfill(len(lo))}{suffix}")
-    return hosts
-
-
 def _env_int(env: dict, *names: str, default: int) -> int:
     for name in names:
         if env.get(name, "") != "":
@@ -65,20 +41,13 @@ def _env_int(env: dict, *names: str, default: int) -> int:
 
 
 def read_env(env: dict | None = None) -> dict:
-    """rank, world_size, local_rank, master_addr, master_port from torchrun or Slurm variables."""
+    """rank, world_size, local_rank, master_addr, master_port from torch's variables (one process without them)."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun / explicit env://
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         local = _env_int(env, "LOCAL_RANK", default=0)
         addr = env.get("MASTER_ADDR", "127.0.0.1")
         port = _env_int(env, "MASTER_PORT", default=DEFAULT_PORT)
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local = _env_int(env, "SLURM_LOCALID", default=0)
-        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-        addr = env.get("MASTER_ADDR") or (expand_nodelist(nodelist) or ["127.0.0.1"])[0]
-        # A per-job port lets two jobs share a node; an explicit MASTER_PORT wins.
-        port = _env_int(env, "MASTER_PORT", default=DEFAULT_PORT + int(env.get("SLURM_JOB_ID", "0")) % 10000)
     else:
         rank, world, local, addr, port = 0, 1, 0, "127.0.0.1", DEFAULT_PORT
     return {"rank": rank, "world_size": world, "local_rank": local, "master_addr": addr, "master_port": port}

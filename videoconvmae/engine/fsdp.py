@@ -41,7 +41,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from videoconvmae.engine.checkpoint import _fsync_dir, atomic_torch_save
+from videoconvmae.artifacts import fsync_dir, read_artifact
+from videoconvmae.engine.checkpoint import atomic_torch_save
 
 DCP_PATTERN = re.compile(r"checkpoint-(\d+)\.dcp$")
 STATE_FILE = "state.pt"  # inside a DCP folder: everything but the model and optimizer tensors
@@ -146,7 +147,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for old in list_dcp_checkpoints(output_dir)[keep_last:]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
@@ -155,7 +156,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
 
 def load_state(path: str | os.PathLike) -> dict:
     """The non-tensor-shard part of a DCP checkpoint (``state.pt``, ``weights_only``)."""
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    return read_artifact(Path(path) / STATE_FILE, "train.resume")
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

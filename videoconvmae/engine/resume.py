@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from videoconvmae.config import ConfigError, from_dict, to_dict
+from videoconvmae.config import from_dict, to_dict
+from videoconvmae.errors import ConfigError
 
 # Keys (or whole sections, ending in ".") that may differ between a checkpoint and the run resuming it.
 MAY_CHANGE = (

@@ -16,11 +16,11 @@ import socket
 import time
 from pathlib import Path
 
-from videoconvmae.config import ConfigError
 from videoconvmae.engine.checkpoint import list_checkpoints
+from videoconvmae.errors import ConfigError
 
 LOCK_NAME = "run.lock"
-TEMP_PATTERN = re.compile(r"^\..+\.tmp\d+$")  # checkpoint.atomic_write's temp files
+TEMP_PATTERN = re.compile(r"^\..+\.tmp\d+$")  # artifacts.atomic_write's temp files
 WEIGHT_FILES = ("weights.pt", "weights.safetensors", "weights_ema.pt", "weights_ema.safetensors")
 RUN_FILES = (*WEIGHT_FILES, "config.yaml", "metrics.jsonl", "log.txt")  # what train.overwrite removes
 

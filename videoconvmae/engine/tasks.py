@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from videoconvmae.config import Config, ConfigError
+from videoconvmae.config import Config
+from videoconvmae.data.config import DataConfig
 from videoconvmae.data.seeding import isolated_rng, seed_everything
 from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from videoconvmae.engine.trainer import (
@@ -24,8 +25,9 @@ from videoconvmae.engine.trainer import (
     autocast_for,
     check_precision,
 )
-
-TRAIN_TASKS = ("pretrain", "finetune", "linprobe")
+from videoconvmae.errors import ConfigError
+from videoconvmae.models.config import ModelConfig
+from videoconvmae.task import Task
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -102,10 +104,25 @@ def fold_linear_probe(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_modality(data_cfg: DataConfig, model_cfg: ModelConfig) -> None:
+    """The data's modality (images for ``imagefolder``, else clips) is the model family's (``spatial_dims``)."""
+    from videoconvmae.models.registry import FAMILIES
+
+    family = FAMILIES.get(model_cfg.arch)
+    images = data_cfg.dataset == "imagefolder"
+    if family is not None and images != (family.spatial_dims == 2):  # an unknown arch: build_model says so
+        raise ConfigError(f"data.dataset={data_cfg.dataset!r} gives {'images' if images else 'video clips'} but "
+                          f"model.arch={model_cfg.arch!r} is {'a video' if images else 'an image'} model "
+                          f"(spatial_dims={family.spatial_dims}): use a {'convmae' if images else 'videoconvmae'}_* "
+                          "arch or a dataset of that modality")
+
+
 def build_task_model(cfg: Config, num_classes: int = 0) -> nn.Module:
-    """The module a task trains (also what eval should build to load a finetune / linprobe checkpoint)."""
+    """The module a task trains (eval loads any checkpoint with ``checkpoint.load_task_model``)."""
     from videoconvmae.data.sampling import model_input_shape
     from videoconvmae.models import build_model
+
+    check_modality(cfg.data, cfg.model)
 
     mode = "pretrain" if cfg.task == "pretrain" else "finetune"
     try:
@@ -206,8 +223,8 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
 
 def run_task(cfg: Config, stop_event: threading.Event | None = None) -> dict:
     """Train ``cfg.task``; returns ``{"status": "completed" | "stopped", "step", "checkpoint", ...metrics}``."""
-    if cfg.task not in TRAIN_TASKS:
-        raise ConfigError(f"task: run_task trains {'|'.join(TRAIN_TASKS)}, got {cfg.task!r} (use videoconvmae eval)")
+    if not Task.parse(cfg.task).trains:
+        raise ConfigError(f"task: run_task trains; {cfg.task!r} is `videoconvmae eval`")
     was_initialised = torch.distributed.is_initialized()
     info = init_distributed(cfg.train.dist_backend, cfg.train.device)
     try:

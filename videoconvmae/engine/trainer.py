@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from videoconvmae.config import Config, ConfigError, code_version, save_config, to_dict
+from videoconvmae.config import Config, code_version, save_config, to_dict
 from videoconvmae.data.seeding import SeededItems, seed_everything
 from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine import fsdp
@@ -32,6 +32,7 @@ from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, 
 from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
 from videoconvmae.engine.rundir import RunLock, claim_folder, remove_stale_temp_files
 from videoconvmae.engine.sampler import ResumableSampler
+from videoconvmae.errors import ConfigError
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
@@ -136,9 +137,7 @@ class Trainer:
         self.parts = parts
         check_precision(cfg.train.precision, dist_info.device)
         tc, oc = cfg.train, cfg.optim
-        self.model = parts.model.to(dist_info.device)
-        if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(True)
+        self.model = parts.model.to(dist_info.device)  # built by the task (models.build_model: grad checkpointing)
         # fsdp: DCP checkpoints always; sharding needs 2+ processes (one process trains the plain model, which
         # resumes from and writes the same DCP folders)
         self.fsdp = tc.parallel == "fsdp"

@@ -15,33 +15,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.artifacts import saved_config
+from videoconvmae.config import Config, from_dict
 from videoconvmae.data.records import IMAGE_EXTENSIONS
 from videoconvmae.data.transforms import normalize
 from videoconvmae.data.video import UnreadableError
 from videoconvmae.data.views import ViewSpec, decode_video_views, load_image_views
+from videoconvmae.engine.checkpoint import load_task_model
+from videoconvmae.errors import ConfigError
 
 
 def load_pretrain_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
-    """A pretrain model from a training checkpoint or exported ``weights.pt`` (both carry the config)."""
-    from videoconvmae.models import build_model
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"{checkpoint}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{checkpoint}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ConfigError(f"{checkpoint}: expected a videoconvmae checkpoint or weights.pt with 'model' and 'config'")
-    cfg = from_dict(ckpt["config"])
+    """A pretrain model from any weight file that carries its config (training checkpoint, weights.pt,
+    .safetensors)."""
+    saved = saved_config(checkpoint, "visualize")
+    if saved is None:
+        raise ConfigError(f"visualize: {checkpoint}: no config saved with the weights (a videoconvmae checkpoint, "
+                          "weights.pt or .safetensors is needed)")
+    cfg = from_dict(saved)
     if cfg.task != "pretrain":
-        raise ConfigError(f"{checkpoint}: a {cfg.task} checkpoint; visualize needs a pretrain checkpoint")
-    model_cfg = dataclasses.replace(cfg.model, pretrained="")
-    model = build_model(model_cfg, "pretrain", input_norm=(cfg.data.mean, cfg.data.std))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
+        raise ConfigError(f"visualize: {checkpoint}: a {cfg.task} checkpoint; visualize needs a pretrain checkpoint")
+    model = load_task_model(checkpoint, cfg.model, "pretrain", input_norm=(cfg.data.mean, cfg.data.std),
+                            key="visualize")
+    return model, cfg
 
 
 def load_input(path: str | Path, cfg: Config, video: bool) -> tuple[torch.Tensor, float]:

@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from videoconvmae.cli import UserError, add_any_order_parser, config_from_args
+from videoconvmae.commandline import add_any_order_parser, config_from_args
 from videoconvmae.config import Config, merge_layers, preset_layers
+from videoconvmae.errors import UserError
 
 USAGE = """videoconvmae eval PRESET [key.sub=value ...]
        videoconvmae eval CHECKPOINT [PRESET] [key.sub=value ...]
@@ -38,9 +39,9 @@ def _is_checkpoint(word: str) -> bool:
 
 def config_from_checkpoint(checkpoint: str, preset: str | None, overrides: list[str]) -> Config:
     """Schema <- the checkpoint's saved config <- PRESET chain <- task=eval, eval.checkpoint <- overrides."""
-    from videoconvmae.eval.checkpoint import saved_config
+    from videoconvmae.artifacts import saved_config
 
-    saved = saved_config(checkpoint) or {}
+    saved = saved_config(checkpoint, "eval.checkpoint") or {}
     # The saved eval section configured validation DURING training (often fewer views); a standalone eval starts
     # from the paper protocol for the dataset unless PRESET / overrides say otherwise.
     saved = {k: v for k, v in saved.items() if k != "eval"}
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out:
         raise UserError("eval: --out belongs to `eval merge`; for a run use eval.out_dir=DIR")
     cfg = eval_config(args.words)
-    from videoconvmae.cli import set_failure_log
+    from videoconvmae.commandline import set_failure_log
     from videoconvmae.data.records import AnnotationError
     from videoconvmae.engine.distributed import is_main_process
     from videoconvmae.eval.multiview import output_dir, run_eval

@@ -16,14 +16,14 @@ Shards of one extraction (``contiguous``) concatenate, in shard order, to the un
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from videoconvmae.config import Config, ConfigError
-from videoconvmae.eval.checkpoint import load_eval_checkpoint
+from videoconvmae.artifacts import atomic_write, saved_config, write_csv
+from videoconvmae.config import Config
+from videoconvmae.engine.checkpoint import load_task_model
 from videoconvmae.eval.multiview import (
     check_view_sizes,
     eval_model_config,
@@ -51,36 +51,18 @@ class PooledFeatures(torch.nn.Module):
         return self.classifier.forward_features(x)
 
 
-def build_encoder(model_cfg: ModelConfig, state: dict, checkpoint: str) -> torch.nn.Module:
-    """``{arch}_cls`` without a head, every encoder weight from ``state`` (else one ConfigError line)."""
-    from videoconvmae.models import build_model, load_pretrained
-
-    try:
-        model = build_model(dataclasses.replace(model_cfg, num_classes=1, pretrained=""), "finetune")
-    except ValueError as e:
-        raise ConfigError(f"features: {checkpoint}: {e}") from None
-    model.reset_classifier(0)
-    report = load_pretrained(model, state)
-    missing = [k for k in report.missing if not k.startswith("fc_norm.")]
-    if missing or report.mismatched:
-        bad = missing or [str(m) for m in report.mismatched]
-        raise ConfigError(f"features: {checkpoint}: weights do not fit {model_cfg.arch}_cls ({len(bad)} encoder "
-                          f"tensors missing or of another shape: {', '.join(bad[:3])})")
-    print(f"features: {checkpoint}: {report.summary()}")
-    return model.eval()
-
-
 def run_features(cfg: Config, per_view: bool = False, per_clip: bool = False) -> dict:
     """Embed every video of ``cfg.eval.split`` in this job's shard; returns the summary written to features.json."""
     from videoconvmae.data.records import load_records
 
     check_view_sizes(cfg)
-    state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
-    model_cfg = eval_model_config(cfg, saved)
+    model_cfg = eval_model_config(cfg, saved_config(cfg.eval.checkpoint, "features: eval.checkpoint"))
     records, _ = load_records(cfg.data, cfg.eval.split)
 
     def build(device: torch.device) -> torch.nn.Module:
-        return PooledFeatures(build_encoder(model_cfg, state, cfg.eval.checkpoint)).to(device)
+        encoder = load_task_model(cfg.eval.checkpoint, model_cfg, "features", use_ema=cfg.eval.use_ema,
+                                  key="features: eval.checkpoint")
+        return PooledFeatures(encoder).to(device)
 
     def write(parts: list, job_part: list[int]) -> dict:
         return _write(cfg, model_cfg, records, parts, job_part, per_view, per_clip)
@@ -99,12 +81,9 @@ def _write(cfg: Config, model_cfg: ModelConfig, records: list, parts: list, job_
         files["views"] = _save(out / "views.npy", views)
     if per_clip:
         files["clips"] = _save(out / "clips.npy", views.reshape(len(views), t, s, -1).mean(axis=2))
-    with open(out / INDEX_CSV, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row", "video_id", "label", "path"])
-        for row, p in enumerate(positions):
-            w.writerow([row, records[p].video_id, records[p].label, records[p].path])
-    files["index"] = str(out / INDEX_CSV)
+    files["index"] = str(write_csv(out / INDEX_CSV, [["row", "video_id", "label", "path"],
+                                                     *([row, records[p].video_id, records[p].label, records[p].path]
+                                                       for row, p in enumerate(positions))]))
     i, n = parse_shard(cfg.eval.shard)
     summary = {"num_videos": len(positions), "dim": int(views.shape[-1]), "num_unreadable": len(failed),
                "num_assigned": len(job_part),
@@ -118,8 +97,7 @@ def _write(cfg: Config, model_cfg: ModelConfig, records: list, parts: list, job_
 
 
 def _save(path: Path, array: np.ndarray) -> str:
-    np.save(path, np.ascontiguousarray(array, dtype=np.float32))
-    return str(path)
+    return str(atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32))))
 
 
 def read_features(folder: str | Path) -> tuple[np.ndarray, list[dict]]:

@@ -6,13 +6,14 @@ the same ranks whether they were computed in one run or merged from shards.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from videoconvmae.artifacts import atomic_write, write_csv
 
 PREDICTIONS_NPZ = "predictions.npz"
 
@@ -68,14 +69,12 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: 
 
 
 def write_per_class_csv(path: str | os.PathLike, per_class: dict, class_names: Sequence[str]) -> Path:
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class_id", "class_name", "num_videos", "top1", "top5"])
-        for c, name in enumerate(class_names):
-            n = int(per_class["count"][c])
-            acc = lambda key: f"{100.0 * int(per_class[key][c]) / n:.4f}" if n else ""  # noqa: B023
-            w.writerow([c, name, n, acc("correct1"), acc("correct5")])
+    rows = [["class_id", "class_name", "num_videos", "top1", "top5"]]
+    for c, name in enumerate(class_names):
+        n = int(per_class["count"][c])
+        acc = lambda key: f"{100.0 * int(per_class[key][c]) / n:.4f}" if n else ""  # noqa: B023
+        rows.append([c, name, n, acc("correct1"), acc("correct5")])
+    return write_csv(path, rows)
     return path
 
 
@@ -100,7 +99,7 @@ def write_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_na
         ax.set_yticks(range(k), labels=list(class_names), fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -108,12 +107,9 @@ def write_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_na
 def save_predictions(path: str | os.PathLike, video_ids: Sequence[str], labels: np.ndarray,
                      scores: np.ndarray) -> Path:
     """The mergeable predictions: annotation video ids, labels and aggregated scores [N, K] float32."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, video_id=np.array(list(video_ids), dtype=str), label=np.asarray(labels, dtype=np.int64),
-             scores=np.asarray(scores, dtype=np.float32))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, video_id=np.array(list(video_ids), dtype=str),
+                                                 label=np.asarray(labels, dtype=np.int64),
+                                                 scores=np.asarray(scores, dtype=np.float32)))
 
 
 def load_predictions(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -124,12 +120,8 @@ def load_predictions(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np
 def write_predictions_csv(path: str | os.PathLike, video_ids: Sequence[str], labels: np.ndarray,
                           scores: np.ndarray, class_names: Sequence[str]) -> Path:
     """A human-readable view of the predictions: id, label, top-5 classes and the top-1 score."""
-    path = Path(path)
     top = ranked_classes(scores, 5) if len(video_ids) else np.zeros((0, 1), dtype=np.int64)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "label", "label_name", "pred", "pred_name", "pred_score", "top5"])
-        for vid, y, t, s in zip(video_ids, labels, top, scores):
-            w.writerow([vid, int(y), class_names[int(y)], int(t[0]), class_names[int(t[0])],
-                        f"{float(s[t[0]]):.6g}", " ".join(str(int(c)) for c in t)])
-    return path
+    return write_csv(path, [["video_id", "label", "label_name", "pred", "pred_name", "pred_score", "top5"],
+                            *([vid, int(y), class_names[int(y)], int(t[0]), class_names[int(t[0])],
+                               f"{float(s[t[0]]):.6g}", " ".join(str(int(c)) for c in t)]
+                              for vid, y, t, s in zip(video_ids, labels, top, scores))])

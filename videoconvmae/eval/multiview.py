@@ -21,12 +21,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from videoconvmae.config import Config, ConfigError, from_dict
+from videoconvmae.artifacts import saved_config
+from videoconvmae.config import Config, from_dict
 from videoconvmae.data.sampling import model_input_shape
 from videoconvmae.data.transforms import normalize
 from videoconvmae.data.views import ViewsDataset, ViewSpec, collate_items
+from videoconvmae.engine.checkpoint import load_task_model
+from videoconvmae.engine.tasks import check_modality
 from videoconvmae.engine.trainer import autocast_for, check_precision
-from videoconvmae.eval.checkpoint import load_eval_checkpoint
+from videoconvmae.errors import ConfigError
 from videoconvmae.eval.metrics import aggregate
 from videoconvmae.eval.report import write_report
 from videoconvmae.eval.sharding import parse_shard, rank_part, shard_indices
@@ -75,6 +78,7 @@ def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
     model_cfg = from_dict(saved).model if saved else cfg.model
     # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
     model_cfg = dataclasses.replace(model_cfg, pretrained="")
+    check_modality(cfg.data, model_cfg)
     asked = dataclasses.replace(cfg.model, pretrained="")
     if saved and model_cfg != asked:
         differ = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(asked, f.name)]
@@ -91,35 +95,6 @@ def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:
     ev["views"] = list(num_views(cfg))
     blob = json.dumps({"data": data, "eval": ev, "model": dataclasses.asdict(model_cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def build_eval_model(model_cfg: ModelConfig, state: dict, num_classes: int, checkpoint: str,
-                     input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
-    from videoconvmae.models import build_model
-
-    try:
-        model = build_model(model_cfg, "finetune", num_classes, input_shape=input_shape)
-    except ValueError as e:  # unknown arch or override in the checkpoint's saved model section
-        raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
-    table = state.get("pos_embed")
-    if table is not None and getattr(model, "pos_embed", None) is not None and table.shape != model.pos_embed.shape:
-        from videoconvmae.models.checkpoint import fit_pos_table
-
-        try:  # a learned table made for another input size: resampled, as when finetuning from it
-            state = {**state, "pos_embed": fit_pos_table(model, table)}
-        except ValueError as e:
-            raise ConfigError(f"eval.checkpoint: {checkpoint}: {e}") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatch, e.g. a head for another class count
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise ConfigError(f"eval.checkpoint: {checkpoint}: weights do not fit {model_cfg.arch}_cls with "
-                          f"{num_classes} classes ({detail})") from None
-    if missing or unexpected:
-        raise ConfigError(f"eval.checkpoint: {checkpoint}: weights do not fit {model_cfg.arch}_cls with "
-                          f"{num_classes} classes (missing {len(missing)}: {', '.join(missing[:3])}; "
-                          f"unexpected {len(unexpected)}: {', '.join(unexpected[:3])})")
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -179,13 +154,12 @@ def run_eval(cfg: Config) -> dict:
     from videoconvmae.data.records import load_records
 
     check_view_sizes(cfg)
-    state, saved = load_eval_checkpoint(cfg.eval.checkpoint, cfg.eval.use_ema)
-    model_cfg = eval_model_config(cfg, saved)
+    model_cfg = eval_model_config(cfg, saved_config(cfg.eval.checkpoint, "eval.checkpoint"))
     records, class_names = load_records(cfg.data, cfg.eval.split)
 
     def build(device: torch.device) -> torch.nn.Module:
-        return build_eval_model(model_cfg, state, len(class_names), cfg.eval.checkpoint,
-                                model_input_shape(cfg.data, "eval")).to(device)
+        return load_task_model(cfg.eval.checkpoint, model_cfg, "eval", num_classes=len(class_names),
+                               input_shape=model_input_shape(cfg.data, "eval"), use_ema=cfg.eval.use_ema).to(device)
 
     def write(parts: list, job_part: list[int]) -> dict:
         return _write(cfg, parts, records, class_names, model_cfg, job_part)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from videoconvmae.artifacts import atomic_write
 from videoconvmae.eval.metrics import (
     PREDICTIONS_NPZ,
     classification_metrics,
@@ -34,11 +35,7 @@ def headline(metrics: dict, num_unreadable: int, unit: str, protocol: str) -> st
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_report(out_dir: str | os.PathLike, *, video_ids: Sequence[str], labels: np.ndarray, scores: np.ndarray,

@@ -16,14 +16,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import submitit
 
-from videoconvmae.config import TASKS
+from videoconvmae.config import Config, load_config, preset_layers
 from videoconvmae.launch import registry
 from videoconvmae.launch.job import job_result
-from videoconvmae.launch.submit import Launched, launch, parse_sweep
+from videoconvmae.launch.submit import Launched, SweepSpec, launch, parse_sweep
+from videoconvmae.task import Task
+
+
+def load_task_config(task: str, preset: str | None, overrides: Sequence[str]) -> Config:
+    """The config a ``videoconvmae <task> PRESET ...`` run would use (eval also takes a CHECKPOINT first)."""
+    if task == "eval" and preset:
+        from videoconvmae.eval.cli import _is_checkpoint, eval_config
+
+        cfg = eval_config([preset, *overrides])
+        yaml_presets = [w for w in [preset, *overrides][:2] if "=" not in w and not _is_checkpoint(w)]
+    else:
+        cfg = load_config(preset, list(overrides), task=task)
+        yaml_presets = [preset] if preset else []
+    if cfg.train.device == "cpu" and not _sets_gpus(yaml_presets, overrides):
+        cfg.slurm.gpus_per_node = 0  # a CPU run holds no GPUs unless a preset or override asks for them
+    return cfg
+
+
+def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
+    """Whether ``slurm.gpus_per_node`` is given by an override or a preset (not just the schema default)."""
+    if any(o.split("=", 1)[0].strip() == "slurm.gpus_per_node" for o in overrides):
+        return True
+    return any("gpus_per_node" in (data.get("slurm") or {}) for p in presets for _, data in preset_layers(p))
+
+
+def launch_task(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: SweepSpec = (), *,
+                entries: dict[str, str | Callable] | None = None) -> Launched:
+    """``videoconvmae launch TASK PRESET [overrides]`` from Python: the words' Config, submitted by ``launch``."""
+    return launch(load_task_config(task, preset, overrides), sweep, entries=entries, preset=preset or "",
+                  overrides=overrides)
 
 
 def _split_words(words: list[str]) -> tuple[list[str], list[str]]:
@@ -75,12 +106,12 @@ def _launch(args: argparse.Namespace) -> int:
         from videoconvmae.launch.sbatch import render_sbatch
 
         if sweeps:
-            from videoconvmae.cli import UserError
+            from videoconvmae.errors import UserError
 
             raise UserError("--sbatch renders one run; a sweep needs `videoconvmae launch` (submitit arrays)")
         print(render_sbatch(args.task, preset, overrides), end="")
         return 0
-    launched = launch(args.task, preset, overrides, parse_sweep(sweeps))
+    launched = launch_task(args.task, preset, overrides, parse_sweep(sweeps))
     print("\n".join(_describe(launched)))
     if launched.records:
         print(f"registered in {registry.registry_path(launched.configs[0].slurm.registry)} "
@@ -124,7 +155,7 @@ def _jobs(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("launch", help="submit a run to Slurm with submitit (or run it locally)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=TASKS, help="what to run")
+    p.add_argument("task", choices=[t.value for t in Task], help="what to run")
     p.add_argument("preset", help="config preset name or YAML path (eval: also a CHECKPOINT)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, slurm.<key>=value resources, sweep=key.sub=v1,v2")

@@ -18,7 +18,7 @@ from typing import Any
 
 import submitit
 
-from videoconvmae.config import ConfigError
+from videoconvmae.errors import ConfigError
 from videoconvmae.launch.config import SlurmConfig
 
 CLUSTERS = ("slurm", "local", "debug")

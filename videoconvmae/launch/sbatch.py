@@ -16,7 +16,6 @@ import shlex
 from collections.abc import Sequence
 
 from videoconvmae.launch.executor import check_slurm_config, sbatch_flags
-from videoconvmae.launch.submit import load_task_config
 
 ARRAY_TASK = "${SLURM_ARRAY_TASK_ID}"
 
@@ -29,6 +28,8 @@ def _run_line(words: Sequence[str]) -> str:
 
 def render_sbatch(task: str, preset: str, overrides: Sequence[str] = ()) -> str:
     """The sbatch script running ``videoconvmae <task> PRESET <overrides>`` with the ``slurm.*`` resources."""
+    from videoconvmae.launch.cli import load_task_config  # the words' Config, as `videoconvmae launch` makes it
+
     cfg = load_task_config(task, preset, overrides)
     s = cfg.slurm
     check_slurm_config(s.__class__(**{**s.__dict__, "cluster": "debug"}))  # validate values; no sbatch needed

@@ -1,4 +1,5 @@
-"""``launch(task, preset, overrides, sweep)``: what ``videoconvmae launch`` calls, usable from Python.
+"""``launch(cfg, sweep)``: submit the run a Config describes (``cfg.task``); ``videoconvmae launch`` turns its
+words into that Config (launch/cli.py) and calls this.
 
 * a training task -> one RunJob (checkpointable, see job.py);
 * ``sweep=[("optim.base_lr", ["1e-4", "2e-4"])]`` -> ONE array over the grid of values, each point in its
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import re
@@ -23,8 +25,8 @@ from typing import Any
 import submitit
 import submitit.core.utils
 
-from videoconvmae.cli import UserError
-from videoconvmae.config import TASKS, Config, ConfigError, load_config, preset_layers
+from videoconvmae.config import Config, apply_overrides
+from videoconvmae.errors import ConfigError, UserError
 from videoconvmae.launch import registry
 from videoconvmae.launch.executor import check_slurm_config, make_executor
 from videoconvmae.launch.job import EVAL_ENTRY, MERGE_ENTRY, TRAIN_ENTRY, EvalJob, MergeJob, RunJob
@@ -60,98 +62,74 @@ def parse_sweep(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def load_task_config(task: str, preset: str | None, overrides: Sequence[str]) -> Config:
-    """The config a ``videoconvmae <task> PRESET ...`` run would use (eval also takes a CHECKPOINT first)."""
-    if task == "eval" and preset:
-        from videoconvmae.eval.cli import _is_checkpoint, eval_config
-
-        cfg = eval_config([preset, *overrides])
-        yaml_presets = [w for w in [preset, *overrides][:2] if "=" not in w and not _is_checkpoint(w)]
-    else:
-        cfg = load_config(preset, list(overrides), task=task)
-        yaml_presets = [preset] if preset else []
-    if cfg.train.device == "cpu" and not _sets_gpus(yaml_presets, overrides):
-        cfg.slurm.gpus_per_node = 0  # a CPU run holds no GPUs unless a preset or override asks for them
-    return cfg
-
-
-def _sets_gpus(presets: Sequence[str], overrides: Sequence[str]) -> bool:
-    """Whether ``slurm.gpus_per_node`` is given by an override or a preset (not just the schema default)."""
-    if any(o.split("=", 1)[0].strip() == "slurm.gpus_per_node" for o in overrides):
-        return True
-    return any("gpus_per_node" in (data.get("slurm") or {}) for p in presets for _, data in preset_layers(p))
-
-
 def _point_name(point: Sequence[tuple[str, str]]) -> str:
     return ",".join(f"{k}={re.sub(r'[^A-Za-z0-9_.+-]', '_', v)}" for k, v in point)
 
 
-def launch(task: str, preset: str | None, overrides: Sequence[str] = (), sweep: SweepSpec = (), *,
-           entries: dict[str, str | Callable] | None = None) -> Launched:
-    """Submit ``task`` with ``preset`` + ``overrides`` (``slurm.*`` included) on ``slurm.cluster``.
+def launch(cfg: Config, sweep: SweepSpec = (), *, entries: dict[str, str | Callable] | None = None,
+           preset: str = "", overrides: Sequence[str] = ()) -> Launched:
+    """Submit the run ``cfg`` describes (``cfg.task``; ``cfg.slurm`` its resources) on ``slurm.cluster``.
 
     ``entries`` replaces the functions jobs run ({"train", "eval", "merge"}: "module:function" or a callable with
-    the same contract) — for tests of the plumbing; the CLI never passes it.
+    the same contract) — for tests of the plumbing; the CLI never passes it. ``preset`` / ``overrides`` are only
+    recorded in the registry (what the user typed).
     """
-    if task not in TASKS:
-        raise ConfigError(f"task: expected one of {'|'.join(TASKS)}, got {task!r}")
     entries = {"train": TRAIN_ENTRY, "eval": EVAL_ENTRY, "merge": MERGE_ENTRY, **(entries or {})}
-    overrides = list(overrides)
-    cfg = load_task_config(task, preset, overrides)
     check_slurm_config(cfg.slurm)
     output_dir = Path(cfg.train.output_dir).resolve()
-    overrides.append(f"train.output_dir={output_dir}")  # the job and the registry agree whatever the job's cwd
-    common = {"task": task, "preset": preset or "", "cluster": cfg.slurm.cluster}
+    # the job and the registry agree whatever the job's cwd
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
+    common = {"task": cfg.task, "preset": preset, "cluster": cfg.slurm.cluster}
+    overrides = list(overrides)
 
     captured = io.StringIO()  # submitit echoes a refused sbatch's stderr; the error below says it in one line
     try:
         with contextlib.redirect_stderr(captured):
-            launched = _submit(task, preset, overrides, sweep, entries, common, cfg, output_dir)
+            launched = _submit(cfg, overrides, sweep, entries, common, output_dir)
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
         # sbatch refused the job (unknown partition / account, too many GPUs, ...): its own last message
         lines = [ln.strip().removeprefix("sbatch: error: ") for ln in str(e).splitlines() if ln.strip()]
-        raise UserError(f"sbatch refused the {task} job: {'; '.join(lines) or type(e).__name__}") from None
+        raise UserError(f"sbatch refused the {cfg.task} job: {'; '.join(lines) or type(e).__name__}") from None
     sys.stderr.write(captured.getvalue())  # warnings of a successful submission still reach the user
     if cfg.slurm.cluster != "debug":  # debug jobs live in this process only: nothing to list later
         registry.append(launched.records, cfg.slurm.registry)
     return launched
 
 
-def _submit(task: str, preset: str | None, overrides: list[str], sweep: SweepSpec, entries: dict, common: dict,
-            cfg: Config, output_dir: Path) -> Launched:
-    if task == "eval":
+def _submit(cfg: Config, overrides: list[str], sweep: SweepSpec, entries: dict, common: dict,
+            output_dir: Path) -> Launched:
+    if cfg.task == "eval":
         if sweep:
             raise ConfigError("sweep=: sweeps are for training tasks (pretrain | finetune | linprobe), not eval")
-        return _launch_eval(load_task_config(task, preset, overrides), preset, overrides, entries, common)
+        return _launch_eval(cfg, overrides, entries, common)
     if cfg.slurm.array:
-        raise ConfigError(f"slurm.array={cfg.slurm.array}: arrays shard eval only; sweep a {task} run with "
+        raise ConfigError(f"slurm.array={cfg.slurm.array}: arrays shard eval only; sweep a {cfg.task} run with "
                           "sweep=key.sub=v1,v2")
-    return _launch_train(task, preset, overrides, sweep, entries, common, output_dir)
+    return _launch_train(cfg, overrides, sweep, entries, common, output_dir)
 
 
-def _launch_train(task: str, preset: str | None, overrides: list[str], sweep: SweepSpec,
-                  entries: dict, common: dict, output_dir: Path) -> Launched:
+def _launch_train(cfg: Config, overrides: list[str], sweep: SweepSpec, entries: dict, common: dict,
+                  output_dir: Path) -> Launched:
     if not sweep:
-        cfg = load_task_config(task, preset, overrides)
         job = make_executor(cfg.slurm, output_dir).submit(RunJob(cfg, entries["train"]))
         rec = registry.record(job, kind="train", overrides=overrides, output_dir=str(output_dir), **common)
-        return Launched(task, [job], [cfg], records=[rec])
+        return Launched(cfg.task, [job], [cfg], records=[rec])
     keys = [k for k, _ in sweep]
     points = [list(zip(keys, values)) for values in itertools.product(*[v for _, v in sweep])]
     configs, point_overrides = [], []
     for point in points:
         extra = [f"{k}={v}" for k, v in point] + [f"train.output_dir={output_dir / _point_name(point)}"]
         point_overrides.append([*overrides, *extra])
-        configs.append(load_task_config(task, preset, point_overrides[-1]))
+        configs.append(apply_overrides(cfg, extra))
     executor = make_executor(configs[0].slurm, output_dir)
-    jobs = executor.submit_array([RunJob(cfg, entries["train"]) for cfg in configs])  # ONE Slurm array
-    records = [registry.record(job, kind="sweep", overrides=ov, output_dir=cfg.train.output_dir,
+    jobs = executor.submit_array([RunJob(c, entries["train"]) for c in configs])  # ONE Slurm array
+    records = [registry.record(job, kind="sweep", overrides=ov, output_dir=c.train.output_dir,
                                name=_point_name(pt), **common)
-               for job, cfg, ov, pt in zip(jobs, configs, point_overrides, points)]
-    return Launched(task, jobs, configs, records=records)
+               for job, c, ov, pt in zip(jobs, configs, point_overrides, points)]
+    return Launched(cfg.task, jobs, configs, records=records)
 
 
-def _launch_eval(cfg: Config, preset: str | None, overrides: list[str], entries: dict, common: dict) -> Launched:
+def _launch_eval(cfg: Config, overrides: list[str], entries: dict, common: dict) -> Launched:
     output_dir = Path(cfg.train.output_dir)
     n = cfg.slurm.array
     if n <= 1:
@@ -161,7 +139,7 @@ def _launch_eval(cfg: Config, preset: str | None, overrides: list[str], entries:
     if cfg.eval.shard not in ("", "0/1"):
         raise ConfigError(f"eval.shard={cfg.eval.shard!r} with slurm.array={n}: the array sets the shards itself")
     shard_overrides = [[*overrides, f"eval.shard={i}/{n}"] for i in range(n)]
-    configs = [load_task_config("eval", preset, ov) for ov in shard_overrides]
+    configs = [apply_overrides(cfg, [f"eval.shard={i}/{n}"]) for i in range(n)]
     shards = make_executor(cfg.slurm, output_dir).submit_array([EvalJob(c, entries["eval"]) for c in configs])
     merge_params: dict[str, Any] = {"name": f"{cfg.slurm.job_name}-merge", "nodes": 1, "tasks_per_node": 1}
     if cfg.slurm.cluster == "slurm":

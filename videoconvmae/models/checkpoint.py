@@ -33,11 +33,12 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from videoconvmae.artifacts import read_artifact
+from videoconvmae.errors import ConfigError
 from videoconvmae.models.layers import resample_pos_embed, temporal_sincos
 
 POS_KEYS = ("pos_embed", "decoder_pos_embed")  # loaded only into a learnable table; else ignored (fixed tables)
@@ -63,32 +64,23 @@ class LoadReport:
         return "; ".join([counts, *details])
 
 
-def read_state_dict(path_or_state: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
-    """The flat ``name -> tensor`` dict inside a checkpoint file or object; one clear line on bad input."""
+def read_state_dict(path_or_state: str | os.PathLike | dict, key: str = "model.pretrained",
+                    use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The flat ``name -> tensor`` dict inside a checkpoint file or object (``use_ema``: a training checkpoint's
+    ``ema`` weights); one clear line on bad input."""
     source = str(path_or_state) if not isinstance(path_or_state, dict) else "state dict"
-    if isinstance(path_or_state, dict):
-        obj = path_or_state
-    else:
-        path = Path(path_or_state)
-        if not path.is_file():
-            raise ValueError(f"{path}: checkpoint file not found")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                obj = load_file(str(path))
-            else:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear line
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") \
-                from None
-    for key in WRAPPER_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+    obj = path_or_state if isinstance(path_or_state, dict) else read_artifact(path_or_state, key)
+    if use_ema:
+        if not isinstance(obj.get("ema"), dict):
+            raise ConfigError(f"{key}: {source}: holds no EMA weights (an exported file or a run without EMA)")
+        obj = obj["ema"]
+    for wrapper in WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{source}: expected a state dict of tensors (bare or under 'model'), "
-                         f"got {type(obj).__name__}")
+        raise ConfigError(f"{key}: {source}: expected a state dict of tensors (bare or under 'model'), "
+                          f"got {type(obj).__name__}")
     state = {}
     for name, value in obj.items():
         for prefix in PREFIXES:
@@ -188,10 +180,12 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
     return out
 
 
-def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | dict) -> LoadReport:
-    """Load ours / official ConvMAE (full or encoder-only) / 2D-into-3D weights; returns what did not match."""
+def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | dict,
+                    key: str = "model.pretrained") -> LoadReport:
+    """Load ours / official ConvMAE (full or encoder-only) / 2D-into-3D weights; returns what did not match.
+    ``key`` names the config key the file came from in an error."""
     report = LoadReport()
-    state = convert_state_dict(read_state_dict(path_or_state), model, report)
+    state = convert_state_dict(read_state_dict(path_or_state, key), model, report)
     result = model.load_state_dict(state, strict=False)
     report.missing = list(result.missing_keys)
     report.unexpected = list(result.unexpected_keys)

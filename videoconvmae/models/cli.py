@@ -8,7 +8,7 @@ import argparse
 def _models(args: argparse.Namespace) -> int:
     import torch
 
-    from videoconvmae.cli import emit
+    from videoconvmae.commandline import emit
     from videoconvmae.models.registry import FAMILIES, SIZES, count_params, create_model, list_models
 
     names = [n for n in list_models() if args.filter in n]

@@ -8,12 +8,13 @@ cube embed and a temporal depthwise kernel of 3).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 
 from videoconvmae.models.config import DEFAULT_TUBELET, ModelConfig, token_grid
-from videoconvmae.models.convmae import ConvMAEClassifier, ConvMAEPretrain
+from videoconvmae.models.convmae import IMAGENET_MEAN, IMAGENET_STD, ConvMAEClassifier, ConvMAEPretrain
+from videoconvmae.task import Task
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,29 @@ SIZES: dict[str, Size] = {
 
 @dataclass(frozen=True)
 class Family:
+    """A model family and the defaults a run of it starts from (the presets', timm's ``pretrained_cfg``)."""
+
     size: str
     spatial_dims: int  # 2 images, 3 video
     decoder: tuple[int, int, int]  # (depth, dim, heads)
-    extra: dict = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # video too, as VideoMAE normalises
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def input_size(self) -> int:  # tiny: the CPU debug presets
+        return 64 if self.size == "tiny" else 224
+
+    @property
+    def num_frames(self) -> int | None:  # VideoMAE's 16 (tiny 8); None for images
+        return None if self.spatial_dims == 2 else 8 if self.size == "tiny" else 16
+
+    @property
+    def mask_type(self) -> str:  # VideoMAE's tube / ConvMAE's block-wise
+        return "tube" if self.spatial_dims == 3 else "block"
+
+    @property
+    def mask_ratio(self) -> float:  # VideoMAE's 90% / ConvMAE's 75%
+        return 0.9 if self.spatial_dims == 3 else 0.75
 
 
 IMAGE_DECODER = (8, 512, 16)  # the official ConvMAE decoder
@@ -54,7 +74,7 @@ FAMILIES: dict[str, Family] = {
     **{f"videoconvmae_{s}": Family(s, 3, VIDEO_DECODERS.get(s, TINY_DECODER))
        for s in ("tiny", "small", "base", "large")},
 }
-TASK_SUFFIXES = ("pretrain", "cls")
+MODEL_SUFFIXES = tuple(dict.fromkeys(t.model_suffix for t in Task))  # pretrain, cls
 
 
 def _kwargs(family: Family) -> dict:
@@ -67,13 +87,13 @@ def _kwargs(family: Family) -> dict:
 
 
 def list_models() -> list[str]:
-    return sorted(f"{fam}_{suffix}" for fam in FAMILIES for suffix in TASK_SUFFIXES)
+    return sorted(f"{fam}_{suffix}" for fam in FAMILIES for suffix in MODEL_SUFFIXES)
 
 
 def split_name(name: str) -> tuple[str, str]:
     """'convmae_base_pretrain' -> ('convmae_base', 'pretrain'); one clear line for an unknown name."""
     family, _, suffix = name.rpartition("_")
-    if family not in FAMILIES or suffix not in TASK_SUFFIXES:
+    if family not in FAMILIES or suffix not in MODEL_SUFFIXES:
         raise ValueError(f"model {name!r} is not registered (known: {', '.join(list_models())})")
     return family, suffix
 
@@ -85,7 +105,8 @@ def create_model(name: str, **overrides) -> nn.Module:
     kw = _kwargs(family)
     if suffix == "pretrain":
         depth, dim, heads = family.decoder
-        kw.update(decoder_depth=depth, decoder_dim=dim, decoder_heads=heads)
+        kw.update(decoder_depth=depth, decoder_dim=dim, decoder_heads=heads, mask_type=family.mask_type,
+                  mask_ratio=family.mask_ratio)
         cls: Callable[..., nn.Module] = ConvMAEPretrain
     else:
         cls = ConvMAEClassifier
@@ -123,9 +144,10 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
         if model_cfg.pos_embed == "learnable":
             raise ValueError("model.pos_embed: pretraining uses the fixed sin-cos table (ConvMAE, VideoMAE); "
                              "'learnable' applies to finetune / linprobe")
-        overrides.update(mask_type=model_cfg.mask_type, mask_ratio=model_cfg.mask_ratio,
-                         loss_target=model_cfg.loss_target, multiscale_decoder=model_cfg.multiscale_decoder,
+        overrides.update(loss_target=model_cfg.loss_target, multiscale_decoder=model_cfg.multiscale_decoder,
                          sparse_stages=model_cfg.sparse_stages)
+        overrides.update({k: v for k, v in (("mask_type", model_cfg.mask_type), ("mask_ratio", model_cfg.mask_ratio))
+                          if v is not None})  # None: the family's default
         if input_norm is not None:
             overrides.update(input_mean=tuple(input_norm[0]), input_std=tuple(input_norm[1]))
         model = create_model(f"{model_cfg.arch}_pretrain", **overrides)

@@ -31,7 +31,6 @@ KEY_LAYOUT = ("Alpha-VL/ConvMAE: patch_embed1..3 (conv embeds), patch_embed4 (Li
               "blocks; the official depthwise conv is blocks{1,2}.i.attn, its 1x1 conv1 / conv2 [C, C, 1, 1]), "
               "blocks3 (transformer), norm, stage1_output_decode, stage2_output_decode, decoder_*, mask_token; "
               "classifier fc_norm, head. No position-embedding table (fixed sin-cos from the grid).")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -42,17 +41,16 @@ class ConvMAEPretrainedCfg(PretrainedCfg):
 
 
 def pretrained_cfg_for(name: str) -> ConvMAEPretrainedCfg:
-    """The default cfg of a registered name: the presets' input size and frames, ImageNet mean / std."""
+    """The default cfg of a registered name: its family's input size, frames, mean / std (models/registry.py)."""
     family_name, suffix = split_name(name)
     family = FAMILIES[family_name]
-    tiny = family.size == "tiny"  # the CPU debug presets: 64 px, 8 frames
-    size = 64 if tiny else 224
     video = family.spatial_dims == 3
     return ConvMAEPretrainedCfg(
-        input_size=(3, size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
-        crop_pct=1.0 if video or tiny else 0.875,  # video: short side = crop (VideoMAE); images: 256 -> 224
+        input_size=(3, family.input_size, family.input_size), mean=family.mean, std=family.std,
+        interpolation="bicubic",
+        crop_pct=1.0 if video or family.size == "tiny" else 0.875,  # video: short side = crop (VideoMAE); 256->224
         num_classes=1000 if suffix == "cls" else 0, first_conv="patch_embed1.proj",
-        classifier="head" if suffix == "cls" else None, num_frames=(8 if tiny else 16) if video else None,
+        classifier="head" if suffix == "cls" else None, num_frames=family.num_frames,
         tubelet=2 if video else None, origin_url="https://github.com/Alpha-VL/ConvMAE",
         paper_ids="arXiv:2205.03892", paper_name="ConvMAE: Masked Convolution Meets Masked Autoencoders",
         license="mit")

@@ -278,18 +278,16 @@ class ConvMAEPretrain(ConvMAEEncoder):
     - ``pixel``: the model input's patch as it is (MAE with ``norm_pix_loss=False``).
     """
 
-    def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
-                 decoder_mlp_ratio: float = 4.0, mask_type: str | None = None, mask_ratio: float | None = None,
-                 loss_target: str | None = None, multiscale_decoder: bool = True, sparse_stages: bool = True,
+    def __init__(self, *, mask_type: str, mask_ratio: float, decoder_dim: int = 512, decoder_depth: int = 8,
+                 decoder_heads: int = 16, decoder_mlp_ratio: float = 4.0, loss_target: str | None = None,
+                 multiscale_decoder: bool = True, sparse_stages: bool = True,
                  input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
                  **encoder_kwargs):
         super().__init__(stage_decodes=True, fuse_stages=multiscale_decoder, final_norm=True, **encoder_kwargs)
         self.sparse_stages = sparse_stages  # exact: same numerics as the dense reference, less work
-        video = self.spatial_dims == 3
-        self.mask_type = mask_type or ("tube" if video else "block")
-        self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
-        check_mask(self.mask_type, self.mask_ratio, self.spatial_dims)
-        self.loss_target = loss_target or ("videomae" if video else "mae")
+        check_mask(mask_type, mask_ratio, self.spatial_dims)  # no default here: the family's (registry.Family)
+        self.mask_type, self.mask_ratio = mask_type, mask_ratio
+        self.loss_target = loss_target or ("videomae" if self.spatial_dims == 3 else "mae")
         if self.loss_target not in LOSS_TARGETS:
             raise ValueError(f"loss_target: expected {'|'.join(LOSS_TARGETS)}, got {self.loss_target!r}")
         if len(input_mean) != self.in_chans or len(input_std) != self.in_chans:

@@ -42,7 +42,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 
 from videoconvmae.artifacts import fsync_dir, read_artifact
-from videoconvmae.engine.checkpoint import atomic_torch_save
+from videoconvmae.engine.checkpoint import atomic_torch_save, first_loadable, list_checkpoints
 
 DCP_PATTERN = re.compile(r"checkpoint-(\d+)\.dcp$")
 STATE_FILE = "state.pt"  # inside a DCP folder: everything but the model and optimizer tensors
@@ -109,11 +109,7 @@ def is_complete(path: Path) -> bool:
 
 def list_dcp_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete DCP checkpoints in ``output_dir``, newest (highest step) first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := DCP_PATTERN.fullmatch(p.name))]
-    return [p for _, p in sorted(found, reverse=True) if is_complete(p)]
+    return [p for p in list_checkpoints(output_dir, DCP_PATTERN) if is_complete(p)]
 
 
 def _barrier() -> None:
@@ -179,11 +175,5 @@ def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
 def find_resume(output_dir: str | os.PathLike) -> Path | None:
     """The newest complete DCP checkpoint whose ``state.pt`` loads; a damaged one is skipped with a warning."""
-    for path in list_dcp_checkpoints(output_dir):
-        try:
-            load_state(path)
-            return path
-        except Exception as e:  # noqa: BLE001 - any unreadable state file
-            warnings.warn(f"skipping damaged checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}",
-                          stacklevel=2)
-    return None
+    found = first_loadable(list_dcp_checkpoints(output_dir), load_state)
+    return None if found is None else found[0]

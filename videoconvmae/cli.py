@@ -17,12 +17,11 @@ from videoconvmae.commandline import (
     add_config_args,
     config_from_args,
     emit,
-    one_line,
     plain_text,
     write_traceback,
 )
 from videoconvmae.config import describe_config, list_presets, to_yaml
-from videoconvmae.errors import ConfigError, UserError
+from videoconvmae.errors import ConfigError, UserError, one_line
 
 DESCRIPTION = ("VideoConvMAE / ConvMAE: pretraining, finetuning, linear probing, multi-view evaluation, feature "
                "extraction and Slurm launching. Run commands take a PRESET and key.sub=value overrides; "
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("VIDEOCONVMAE_DEBUG"):
             raise
         log = write_traceback(e, args.command)
-        print(f"error: {args.command} failed: {type(e).__name__}: {one_line(e)} (traceback in {log}; "
+        print(f"error: {args.command} failed: {one_line(e, with_type=True)} (traceback in {log}; "
               "VIDEOCONVMAE_DEBUG=1 re-raises)", file=sys.stderr)
         return 1
 

@@ -41,13 +41,9 @@ uint8 result, which is what upstream's ``cv2.resize(..., INTER_LINEAR)`` compute
 fixed-point rounding); it runs once per decoded frame, before cropping. Normalisation comes last.
 Views are ordered temporal-major: view ``v = k * S + i``.
 
-Why not pytorchvideo's functional transforms (the project dropped the dependency): none places the views as
-VideoMAE does. ``uniform_crop`` centres with ``ceil((long' - s) / 2)`` where VideoMAE truncates (one pixel off
-whenever ``long' - s`` is odd), treats a square frame as wide (the crops move along the other axis), and knows
-S <= 3 only; ``uniform_temporal_subsample`` takes ``linspace(0, L - 1, c)``, neither the dense stride-``r`` clips
-of Kinetics nor the segment samples of SSV2; ``short_side_scale`` takes float32 frames only (we resize the
-uint8 frames once, as upstream's cv2 does, and normalise on the device) and computes the long side as
-``floor(H / W * q)`` instead of ``int(q * H / W)``, which differ for a few sizes by float rounding.
+Why not pytorchvideo's functional transforms: none places the views as VideoMAE does (``uniform_crop`` centres
+with ceil and treats a square frame as wide, ``uniform_temporal_subsample`` is neither dense nor segment
+sampling, ``short_side_scale`` takes float32 frames and rounds the long side differently).
 """
 
 from __future__ import annotations
@@ -64,6 +60,7 @@ from torch.utils.data import Dataset
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.sampling import clip_sampling
 from videoconvmae.data.video import read_clip
+from videoconvmae.errors import one_line
 
 
 def _centred(extent: int) -> int:
@@ -250,11 +247,6 @@ def load_image_views(path: str, spec: ViewSpec) -> torch.Tensor:
     return torch.stack([x[:, top:top + c, left:left + c] for top, left in origins])
 
 
-def _error_text(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
-
-
 class ViewsDataset(Dataset):
     """Item i: ``{"position", "views" uint8 [V, 3, ...] | None, "error" | None}`` for ``records[i]``."""
 
@@ -274,7 +266,7 @@ class ViewsDataset(Dataset):
                 views, _ = decode_video_views(record.path, self.spec)
             return {"position": position, "views": views, "error": None}
         except Exception as e:  # any decoder failure (decord's DECORDError is not a RuntimeError)
-            return {"position": position, "views": None, "error": _error_text(e)}
+            return {"position": position, "views": None, "error": one_line(e, with_type=True)}
 
 
 def collate_items(items: list[dict]) -> list[dict]:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from safetensors.torch import save as safetensors_bytes
 
 from videoconvmae.artifacts import atomic_write, atomic_write_all, read_artifact
-from videoconvmae.errors import ConfigError
+from videoconvmae.errors import ConfigError, one_line
 from videoconvmae.models.checkpoint import read_state_dict
 from videoconvmae.models.config import ModelConfig
 
@@ -94,8 +94,7 @@ def first_loadable(paths: list[Path], load: Callable[[Path], Any]) -> tuple[Path
         try:
             return path, load(path)
         except Exception as e:  # noqa: BLE001 - any unreadable file: truncated zip, wrong content, ...
-            warnings.warn(f"skipping damaged checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}",
-                          stacklevel=3)
+            warnings.warn(f"skipping damaged checkpoint {path}: {one_line(e, with_type=True)}", stacklevel=3)
     return None
 
 

@@ -4,9 +4,7 @@ One code path for images (``spatial_dims=2``, input ``[N, C, H, W]``) and video 
 ``[N, C, T, H, W]``). The stage-3 grid is (H/16, W/16) or (T/tubelet, H/16, W/16), taken from the input: any
 size divisible by 16 (and T by the tubelet) works; position embeddings are computed for it.
 
-State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE): ``patch_embed1..3`` (conv embeds),
-``patch_embed4`` (Linear), ``blocks1``, ``blocks2`` (conv blocks), ``blocks3`` (transformer), ``norm``,
-``stage1_output_decode``, ``stage2_output_decode``, ``decoder_*``, ``mask_token``; classifier ``fc_norm``, ``head``.
+State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE; listed in ``timm_models.KEY_LAYOUT``).
 
 Position embeddings: pretraining adds the fixed sin-cos table computed from the input's grid (ConvMAE and
 VideoMAE pretrain with fixed tables), so it is not in the state dict. A classifier with ``pos_embed="learnable"``

@@ -43,6 +43,7 @@ from torch.distributed.tensor import DTensor
 
 from videoconvmae.artifacts import fsync_dir, read_artifact
 from videoconvmae.engine.checkpoint import atomic_torch_save, first_loadable, list_checkpoints
+from videoconvmae.engine.distributed import barrier, multi_process
 
 DCP_PATTERN = re.compile(r"checkpoint-(\d+)\.dcp$")
 STATE_FILE = "state.pt"  # inside a DCP folder: everything but the model and optimizer tensors
@@ -62,7 +63,7 @@ def shard_model(model: nn.Module, precision: str = "fp32", cpu_offload: bool = F
     """FSDP2 in place: each block of ``SHARDED_BLOCKS``, then the root. Needs an initialized process group."""
     # The loop only reads the returned loss; FSDP warns about every view in the output dict on each step.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not multi_process():
         raise RuntimeError("shard_model: train.parallel=fsdp needs a process group of 2 or more processes")
     kwargs: dict = {"mp_policy": mixed_precision(precision)}
     if cpu_offload:
@@ -112,14 +113,9 @@ def list_dcp_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for p in list_checkpoints(output_dir, DCP_PATTERN) if is_complete(p)]
 
 
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def _single() -> bool:
     """No process group: DCP reads / writes every shard in this process."""
-    return not (dist.is_initialized() and dist.get_world_size() > 1)
+    return not multi_process()
 
 
 def _is_main() -> bool:
@@ -134,10 +130,10 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
     if _is_main():
         shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt's leftovers
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp), no_dist=_single())
-    _barrier()  # every shard is on disk (dcp fsyncs its files)
+    barrier()  # every shard is on disk (dcp fsyncs its files)
     if _is_main():
         atomic_torch_save(state, tmp / STATE_FILE)
         if final.exists():
@@ -146,7 +142,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
         fsync_dir(final.parent)
         for old in list_dcp_checkpoints(output_dir)[keep_last:]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 

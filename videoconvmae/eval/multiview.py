@@ -27,6 +27,7 @@ from videoconvmae.data.sampling import model_input_shape
 from videoconvmae.data.transforms import normalize
 from videoconvmae.data.views import ViewsDataset, ViewSpec, collate_items
 from videoconvmae.engine.checkpoint import load_task_model
+from videoconvmae.engine.distributed import gather_objects
 from videoconvmae.engine.tasks import check_modality
 from videoconvmae.engine.trainer import autocast_for, check_precision
 from videoconvmae.errors import ConfigError
@@ -137,15 +138,6 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
     return positions, (torch.cat(scores).numpy() if scores else np.zeros((0, k), np.float32)), failed
 
 
-def _gather(obj):
-    """Every rank's ``obj`` in rank order (one process: ``[obj]``)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [obj]
-    box = [None] * dist.get_world_size()
-    dist.all_gather_object(box, obj)
-    return box
-
-
 def run_eval(cfg: Config) -> dict:
     """Evaluate ``cfg.eval.checkpoint`` on this job's shard of ``cfg.data``; the summary (metrics + paths).
 
@@ -196,7 +188,7 @@ def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torc
         part = predict(model, loader, info.device, aggregation, cfg.data.mean, cfg.data.std,
                        cfg.train.precision, progress=cfg.train.progress and info.is_main,
                        unit="image" if cfg.data.dataset == "imagefolder" else "video")
-        parts = _gather(part)
+        parts = gather_objects(part)
         return broadcast_object(write(parts, job_part) if info.is_main else None)
     finally:
         if not was_initialised and dist.is_initialized():

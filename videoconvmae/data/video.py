@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from videoconvmae.errors import one_line
+
 BACKENDS = ("decord", "pyav", "torchcodec")
 
 
@@ -303,8 +305,7 @@ class UnreadableError(Exception):
 
 
 def describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {text[0] if text else ''}"[:200]
+    return one_line(e, with_type=True)[:200]  # a skip record's detail: bounded
 
 
 def check_file(path: str) -> None:

@@ -8,7 +8,7 @@ also what VideoMAE's decord loader does).
 
 ``get_frames`` accepts any indices (unsorted, repeated); each backend decodes the sorted unique set once.
 Every failure is an ``Exception`` (decord's DECORDError is not a RuntimeError): callers catch ``Exception``.
-``decode_with_timeout`` runs a decode in a watchdog thread so a hanging decoder cannot stall training.
+``start_decode`` runs a decode in a watchdog thread so a hanging decoder cannot stall training.
 """
 
 from __future__ import annotations
@@ -287,10 +287,6 @@ def start_decode(fn: Callable[[], T], timeout_s: float | None, what: str = "deco
     handle = _WATCHDOG.submit(fn)
     return lambda: _WATCHDOG.result(handle, timeout_s, what)
 
-
-def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None, what: str = "decoder") -> T:
-    """``fn()`` run in the watchdog thread; raises ``DecodeTimeout`` after ``timeout_s`` (None / 0 = no limit)."""
-    return start_decode(fn, timeout_s, what)()
 
 
 SKIP_REASONS = ("missing", "empty", "open_error", "decode_error", "timeout")

@@ -127,10 +127,6 @@ class ViewPlan:
     def num_views(self) -> int:
         return len(self.frame_indices) * len(self.crop_origins)
 
-    def union(self) -> np.ndarray:
-        """The sorted distinct frames all views need: what one decode must read."""
-        return np.unique(self.frame_indices)
-
 
 def temporal_views(sampling: str, num_video_frames: int, *, clip_len: int, sampling_rate: int, num_segments: int,
                    num_views: int) -> np.ndarray:
@@ -163,8 +159,8 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def cut_views(frames: np.ndarray, frame_ids: np.ndarray, plan: ViewPlan) -> torch.Tensor:
     """Every view of ``plan`` from one decode, still uint8 (normalised later, on the model's device).
 
-    frames: uint8 ``[U, H, W, 3]``, the decoded frames ``frame_ids`` (sorted, distinct, a superset of
-    ``plan.union()``). Returns uint8 ``[T * S, 3, clip_len, crop, crop]``, temporal-major.
+    frames: uint8 ``[U, H, W, 3]``, the decoded frames ``frame_ids`` (sorted, distinct, a superset of the
+    views' frames). Returns uint8 ``[T * S, 3, clip_len, crop, crop]``, temporal-major.
     """
     x = resize_frames(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), plan.resized)
     rows = torch.from_numpy(np.searchsorted(frame_ids, plan.frame_indices))  # [T, clip_len]
@@ -268,7 +264,3 @@ class ViewsDataset(Dataset):
         except Exception as e:  # any decoder failure (decord's DECORDError is not a RuntimeError)
             return {"position": position, "views": None, "error": one_line(e, with_type=True)}
 
-
-def collate_items(items: list[dict]) -> list[dict]:
-    """Keep items as a list: views of one video stay together, unreadable items ride along."""
-    return items

@@ -25,7 +25,7 @@ from videoconvmae.artifacts import saved_config
 from videoconvmae.config import Config, from_dict
 from videoconvmae.data.sampling import model_input_shape
 from videoconvmae.data.transforms import normalize
-from videoconvmae.data.views import ViewsDataset, ViewSpec, collate_items
+from videoconvmae.data.views import ViewsDataset, ViewSpec
 from videoconvmae.engine.checkpoint import load_task_model
 from videoconvmae.engine.distributed import gather_objects
 from videoconvmae.engine.tasks import check_modality
@@ -183,8 +183,8 @@ def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torc
         if cfg.train.compile:
             model = torch.compile(model)
         loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,
-                            shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
-                            pin_memory=info.device.type == "cuda")
+                            shuffle=False, num_workers=cfg.data.num_workers, collate_fn=list,
+                            pin_memory=info.device.type == "cuda")  # a batch: the items as a list
         part = predict(model, loader, info.device, aggregation, cfg.data.mean, cfg.data.std,
                        cfg.train.precision, progress=cfg.train.progress and info.is_main,
                        unit="image" if cfg.data.dataset == "imagefolder" else "video")

@@ -17,11 +17,9 @@ split only); ``label`` / ``index`` are repeated R times in the batch.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from videoconvmae.data.config import DataConfig
-from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
+from videoconvmae.data.records import VideoRecord, annotation_path, load_records
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.seeding import ItemStreams
 from videoconvmae.data.transforms import ClipTransform
@@ -77,10 +75,6 @@ class ClipDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def save_class_names(self, path: str | os.PathLike) -> Path:
-        """JSON ``{"class_names", "class_to_idx"}`` of this dataset's label ids."""
-        return save_class_names(self.class_names, path)
 
     def __len__(self) -> int:
         return len(self.records)

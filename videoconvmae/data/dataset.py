@@ -1,17 +1,11 @@
 """Datasets, the batch collate and skip accounting.
 
-``build_dataset(cfg, split, mode)`` -> a map-style Dataset whose item ``i`` is
-``{"input": float [C, T, S, S] (video) | [C, S, S] (image), or with repeated_aug R > 1 a leading [R, ...],
-"label": int, "index": i, "num_clips": R, "skips": {reason: count}}``; ``collate`` turns items into the batch
-``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: count}}``.
+``build_dataset(cfg, split, mode)`` -> a map-style Dataset whose item ``i`` is ``{"input": float [C, T, S, S]
+(video) | [C, S, S] (image), with repeated_aug R > 1 a leading [R, ...], "label", "index": i, "num_clips": R,
+"skips": {reason: count}}``: R augmentations of ONE decode (train split only).
 
-Unreadable items (missing, empty, open_error, decode_error, timeout) are replaced inside the dataset by another
-item picked deterministically from (data.seed, index, attempt), so a run sees the same data whichever worker
-reads it; every failed read is counted in the item's ``skips``. ``SkipStats`` accumulates batches and
-``SkipStats.check(max_fraction)`` raises one ``DataError`` line when too much was skipped.
-
-Repeated augmentation: an item decodes its video ONCE and augments it R times (R = data.repeated_aug, train
-split only); ``label`` / ``index`` are repeated R times in the batch.
+An unreadable item is replaced by another picked from (data.seed, index, attempt), so a run sees the same data
+whichever worker reads it; every failed read is counted in ``skips`` (``SkipStats.check`` raises the one line).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from videoconvmae.config import Config, code_version, save_config, to_dict
 from videoconvmae.data.seeding import SeededItems, seed_everything
 from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine import fsdp
-from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, gather_objects
 from videoconvmae.engine.logging import RunLogger
 from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, current_lr, plan_lr
 from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
@@ -223,8 +223,7 @@ class Trainer:
                 raise RuntimeError(f"could not write checkpoint {path}: {e} (the previous checkpoint, {kept}, is "
                                    "intact)") from e
             self.own_checkpoints = ckpt_io.prune_checkpoints([path, *self.own_checkpoints], self.cfg.train.keep_last)
-        if self.dist.distributed:
-            torch.distributed.barrier()
+        barrier()
         return path
 
     def _resume(self) -> None:

@@ -101,13 +101,9 @@ def _task_identity(env: submitit.JobEnvironment | None) -> dict:
 class StopOnSignal:
     """Inside a submitit job: the preemption / time-limit signal sets ``stop_event`` instead of exiting mid-step.
 
-    The preemption signals (SIGUSR2 and SIGTERM) are blocked in the main thread and taken by a watcher thread
-    with ``sigtimedwait``. The mask is inherited by every process the run forks or spawns, which is the point:
-    Slurm signals ALL processes of the step, and a DataLoader worker dies of a SIGTERM that does not come from
-    its parent (torch's worker handler), which would crash the run instead of letting it checkpoint. Blocked,
-    the signal stays pending in the workers; the main process decides. A Python-level SIGUSR2 handler doing the
-    same (set ``stop_event``) covers a thread created before the mask that might still receive it.
-    ``requeue()`` then does what submitit's handler would have done, at a step boundary.
+    SIGUSR2 and SIGTERM are blocked and taken by a watcher thread (why: module docstring). A Python-level SIGUSR2
+    handler doing the same covers a thread created before the mask that might still receive it. ``requeue()``
+    then does what submitit's handler would have done, at a step boundary.
     """
 
     def __init__(self, requeue_at_once: bool = False) -> None:

@@ -14,7 +14,7 @@ _EXPORTS = {
     "UnreadableError": "video", "read_clip": "video",
     "VideoRecord": "records", "load_records": "records", "save_class_names": "records",
     "AnnotationError": "records",
-    "build_dataset": "dataset", "collate": "dataset", "SkipStats": "dataset", "DataError": "dataset",
+    "build_dataset": "dataset", "collate": "dataset", "SkipStats": "dataset",
     "ClipDataset": "dataset", "read_image": "dataset",
     "build_mixup": "mixup",
     "dense_indices": "sampling", "segment_indices": "sampling",

@@ -74,8 +74,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
-    """The checkpoint's own model section (the weights fix the architecture), else ``cfg.model``."""
+def eval_inputs(cfg: Config, key: str) -> tuple[ModelConfig, list, list[str]]:
+    """What eval and ``features`` start from: the model section (the checkpoint's own: the weights fix the
+    architecture; else ``cfg.model``) and the records and class names of ``cfg.eval.split``."""
+    from videoconvmae.data.records import load_records
+
+    if cfg.data.input_size > cfg.data.short_side_size:
+        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
+                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
+    saved = saved_config(cfg.eval.checkpoint, key)
     model_cfg = from_dict(saved).model if saved else cfg.model
     # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
     model_cfg = dataclasses.replace(model_cfg, pretrained="")
@@ -85,7 +92,7 @@ def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
         differ = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(asked, f.name)]
         print(f"eval: model.* comes from the checkpoint's saved config ({model_cfg.arch}); the run config's "
               f"differing model.{', model.'.join(differ)} is not used")
-    return model_cfg
+    return (model_cfg, *load_records(cfg.data, cfg.eval.split))
 
 
 def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:
@@ -143,11 +150,7 @@ def run_eval(cfg: Config) -> dict:
 
     Every rank returns the same summary; rank 0 writes the files into ``output_dir(cfg)``.
     """
-    from videoconvmae.data.records import load_records
-
-    check_view_sizes(cfg)
-    model_cfg = eval_model_config(cfg, saved_config(cfg.eval.checkpoint, "eval.checkpoint"))
-    records, class_names = load_records(cfg.data, cfg.eval.split)
+    model_cfg, records, class_names = eval_inputs(cfg, "eval.checkpoint")
 
     def build(device: torch.device) -> torch.nn.Module:
         return load_task_model(cfg.eval.checkpoint, model_cfg, "eval", num_classes=len(class_names),
@@ -157,12 +160,6 @@ def run_eval(cfg: Config) -> dict:
         return _write(cfg, parts, records, class_names, model_cfg, job_part)
 
     return run_sharded(cfg, records, build, cfg.eval.aggregation, write)
-
-
-def check_view_sizes(cfg: Config) -> None:
-    if cfg.data.input_size > cfg.data.short_side_size:
-        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
-                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
 
 
 def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torch.nn.Module],

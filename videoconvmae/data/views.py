@@ -1,11 +1,9 @@
 """The test views of a video (or image): where they sit in time and space (the VideoMAE test protocol, generalised
 to T x S), read from one decode, resized, cropped and normalised. Used by eval (T x S views) and visualize (1 x 1).
 
-VideoMAE's test loader re-opens and decodes a video once per view (15 times for K400 5 x 3); here an item
-(``ViewsDataset``) is a whole video: the union of the frames of its T temporal views is read in one
-``get_frames`` call (one ``open_video``, under ``data.decode_timeout_s``), resized once, and every T x S view is
-cut from it. An unreadable file becomes an item with ``views=None`` and the error, so the caller can list and
-count it instead of crashing.
+VideoMAE's test loader decodes a video once per view (15 times for K400 5 x 3); here an item (``ViewsDataset``)
+is a whole video: the union of its views' frames is read in one ``get_frames`` call, resized once, and every
+T x S view is cut from it. An unreadable file is an item with ``views=None`` and the error, listed, not fatal.
 
 Notation: a video has ``L`` frames of ``H x W`` pixels; the model takes clips of ``c`` frames
 (``data.num_frames``) of ``s x s`` pixels (``data.input_size``); ``q`` = ``data.short_side_size``;

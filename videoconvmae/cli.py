@@ -27,7 +27,7 @@ DESCRIPTION = ("VideoConvMAE / ConvMAE: pretraining, finetuning, linear probing,
                "extraction and Slurm launching. Run commands take a PRESET and key.sub=value overrides; "
                "`videoconvmae COMMAND --help` explains each command.")
 
-# Layers that contribute subcommands; a missing module simply contributes none.
+# The layers whose cli.py registers subcommands (``register(subparsers)``).
 COMMAND_MODULES = (
     "videoconvmae.models.cli",
     "videoconvmae.data.cli",
@@ -95,13 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_config(sub)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     _finish_help(parser)
     return parser
 

@@ -6,8 +6,9 @@ the head). The conv stages 1-2 stay in the root unit: they hold ~5% of ConvMAE-B
 run with a layout argument (models/sparse.py) that FSDP's hooks were never tested with. ``train.precision``
 becomes a ``MixedPrecisionPolicy`` (parameters and the forward in bf16 / fp16, gradients reduced in fp32);
 ``train.fsdp_cpu_offload`` keeps the sharded parameters, gradients and optimizer state in CPU memory (FSDP2's
-``CPUOffloadPolicy``; it needs an accelerator, the trainer refuses it on CPU). Only the pretrain path is covered: in-training evaluation (ranks with unequal val shares would run unequal
-numbers of FSDP collectives), EMA and the linear-probe export are refused by ``trainer.check_fsdp``.
+``CPUOffloadPolicy``; it needs an accelerator, the trainer refuses it on CPU). Only the pretrain path is
+covered: in-training evaluation (ranks with unequal val shares would run unequal numbers of FSDP collectives),
+EMA and the linear-probe export are refused by ``trainer.check_fsdp``.
 
 A checkpoint is a folder ``checkpoint-<step>.dcp``: every rank writes its own shard of the model and optimizer
 (``dcp.save``) at the same step boundary into ``.checkpoint-<step>.dcp.tmp``; after a barrier rank 0 adds

@@ -25,7 +25,7 @@ from videoconvmae.data.records import VideoRecord, annotation_path, load_records
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.seeding import ItemStreams
 from videoconvmae.data.transforms import ClipTransform
-from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
+from videoconvmae.data.video import BACKENDS, SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 from videoconvmae.errors import ConfigError, DataError
 from videoconvmae.task import Task
 
@@ -178,7 +178,7 @@ def _validate(cfg: DataConfig) -> None:
          (cfg.mean, cfg.std)),
         (len(cfg.rrc_scale) == 2 and len(cfg.rrc_ratio) == 2 and len(cfg.pretrain_rrc_scale) == 2,
          "data.rrc_scale/rrc_ratio/pretrain_rrc_scale", "[low, high]", (cfg.rrc_scale, cfg.rrc_ratio)),
-        (cfg.decoder in ("decord", "pyav", "torchcodec"), "data.decoder", "decord | pyav | torchcodec", cfg.decoder),
+        (cfg.decoder in BACKENDS, "data.decoder", " | ".join(BACKENDS), cfg.decoder),
         (cfg.max_retries >= 0, "data.max_retries", "an integer >= 0", cfg.max_retries),
     ]
     for ok, key, expected, got in checks:

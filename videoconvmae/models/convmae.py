@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from videoconvmae.models.config import CELL_SIDES, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
+from videoconvmae.models.config import CELL_SIDES, LOSS_TARGETS, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
 from videoconvmae.models.layers import (
     TRANSFORMER_NORM_EPS,
     Block,
@@ -61,7 +61,6 @@ class EncoderOutput:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LOSS_TARGETS = ("videomae", "mae", "pixel")
 
 
 def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:

@@ -63,12 +63,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:
-    """The grid of a 224-px input (16 frames for video), the size upstream tables are made for."""
-    side = 224 // TOKEN_PX
-    return (side, side) if spatial_dims == 2 else (16 // tubelet, side, side)
-
-
 class ConvMAEEncoder(nn.Module):
     """Stages 1-2: conv embeds + masked conv blocks; stage 3: embed -> Linear -> + pos embed -> transformer.
 
@@ -120,7 +114,8 @@ class ConvMAEEncoder(nn.Module):
         if conv_init not in ("official", "transformer"):
             raise ValueError(f"conv_init: expected official | transformer, got {conv_init!r}")
         self.conv_init = conv_init
-        self.pos_grid = tuple(pos_grid or default_pos_grid(spatial_dims, self.tubelet))
+        side = 224 // TOKEN_PX  # default: the grid of a 224-px input (16 frames), the size upstream tables are made for
+        self.pos_grid = tuple(pos_grid or ((side, side) if spatial_dims == 2 else (16 // self.tubelet, side, side)))
         if len(self.pos_grid) != spatial_dims:
             raise ValueError(f"pos_grid: expected {spatial_dims} sizes, got {list(self.pos_grid)}")
         self.pos_embed = nn.Parameter(sincos_pos_embed(c3, self.pos_grid)[None]) if pos_embed == "learnable" \

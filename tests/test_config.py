@@ -3,7 +3,8 @@
 import pytest
 
 from videoconvmae.cli import main
-from videoconvmae.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+from videoconvmae.config import Config, from_dict, load_config, save_config, to_dict
+from videoconvmae.errors import ConfigError
 
 
 def test_defaults_and_override_types():

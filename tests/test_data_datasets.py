@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from videoconvmae.config import ConfigError
 from videoconvmae.data import dataset as dataset_module
 from videoconvmae.data.config import DataConfig
-from videoconvmae.data.dataset import DataError, SkipStats, build_dataset, collate
+from videoconvmae.data.dataset import SkipStats, build_dataset, collate
 from videoconvmae.data.mixup import build_mixup
 from videoconvmae.data.sampling import dense_indices, segment_indices
 from videoconvmae.data.synth import encode_video
 from videoconvmae.data.transforms import MULTISCALE_SCALES, ClipErasing, ClipTransform, multiscale_crop_box
 from videoconvmae.data.video import UnreadableError, read_clip
+from videoconvmae.errors import ConfigError, DataError
 
 TINY = dict(num_frames=4, input_size=32, short_side_size=32, num_workers=0)
 

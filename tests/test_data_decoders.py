@@ -10,9 +10,9 @@ from videoconvmae.data.video import (
     BACKENDS,
     DecodeTimeout,
     UnreadableError,
-    decode_with_timeout,
     open_video,
     read_clip,
+    start_decode,
 )
 
 
@@ -95,9 +95,9 @@ def test_broken_files_raise_unreadable_with_reason(ramp_files, tmp_path, backend
 def test_watchdog_times_out_a_hanging_decode():
     start = time.monotonic()
     with pytest.raises(DecodeTimeout):
-        decode_with_timeout(lambda: time.sleep(5), timeout_s=0.2)
+        start_decode(lambda: time.sleep(5), timeout_s=0.2)()
     assert time.monotonic() - start < 2
-    assert decode_with_timeout(lambda: 42, timeout_s=1.0) == 42  # a fresh thread serves the next decode
+    assert start_decode(lambda: 42, timeout_s=1.0)() == 42  # a fresh thread serves the next decode
 
 
 def test_read_clip_reports_timeout(ramp_files):
@@ -130,9 +130,9 @@ def test_late_finishers_leave_the_hung_count(monkeypatch):
     monkeypatch.setattr(video_module, "_MAX_HUNG", before + 2)
     for _ in range(5):  # slow decodes that each come back: before, the 3rd ended the process
         with pytest.raises(DecodeTimeout):
-            decode_with_timeout(lambda: time.sleep(0.3), timeout_s=0.05)
+            start_decode(lambda: time.sleep(0.3), timeout_s=0.05)()
         time.sleep(0.5)
-    assert video_module._WATCHDOG.hung <= before and decode_with_timeout(lambda: 7, timeout_s=1.0) == 7
+    assert video_module._WATCHDOG.hung <= before and start_decode(lambda: 7, timeout_s=1.0)() == 7
 
 
 def test_decodes_hung_at_once_stop_the_process_naming_the_decoder(ramp_files, monkeypatch):

@@ -8,10 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from videoconvmae.config import ConfigError, list_presets, load_config
+from videoconvmae.config import list_presets, load_config
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.dataset import build_dataset
 from videoconvmae.data.sampling import clip_sampling
+from videoconvmae.errors import ConfigError
 
 
 def _ssv2(root, **kw):

@@ -10,8 +10,9 @@ import fsdp_runs
 import pytest
 import torch
 
-from videoconvmae.config import ConfigError, from_dict, load_config
+from videoconvmae.config import from_dict, load_config
 from videoconvmae.engine import fsdp
+from videoconvmae.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

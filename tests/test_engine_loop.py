@@ -7,11 +7,12 @@ import pytest
 import torch
 from engine_toy import ddp_worker, read_metrics, toy_config, toy_parts, train
 
-from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
+from videoconvmae.config import from_dict, load_config, to_dict
 from videoconvmae.engine.checkpoint import find_resume, list_checkpoints, load_checkpoint
 from videoconvmae.engine.distributed import DistInfo
 from videoconvmae.engine.logging import RunLogger
 from videoconvmae.engine.trainer import NonFiniteLossError
+from videoconvmae.errors import ConfigError
 
 ONE = DistInfo()
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from engine_toy import read_metrics, toy_config, toy_parts, train
 
-from videoconvmae.config import ConfigError, load_config
+from videoconvmae.config import load_config
 from videoconvmae.engine.checkpoint import list_checkpoints, load_checkpoint
 from videoconvmae.engine.trainer import NonFiniteLossError
+from videoconvmae.errors import ConfigError
 
 TESTS = Path(__file__).parent
 
@@ -70,7 +71,7 @@ def test_resume_into_another_model_names_the_mismatch(tmp_path):
 
 HOLDER = "import sys; sys.path.insert(0, sys.argv[1]); from engine_toy import hold_run; hold_run(sys.argv[2])"
 SECOND = ("import sys; sys.path.insert(0, sys.argv[1]); from engine_toy import toy_config, train\n"
-          "from videoconvmae.config import ConfigError\n"
+          "from videoconvmae.errors import ConfigError\n"
           "try:\n    train(toy_config(sys.argv[2]))\nexcept ConfigError as e:\n    print(e)\n    sys.exit(2)")
 
 
@@ -183,8 +184,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_a_consistent_weights_pair
 
 
 def test_max_skip_fraction_is_checked_as_the_run_goes_naming_the_worst_files(synth_root, tmp_path):
-    from videoconvmae.data.dataset import DataError
     from videoconvmae.engine.tasks import run_task
+    from videoconvmae.errors import DataError
 
     k = synth_root / "k400"
     lines = (k / "train.txt").read_text().splitlines()

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from videoconvmae.cli import main
-from videoconvmae.config import ConfigError, from_dict, load_config
+from videoconvmae.config import from_dict, load_config
 from videoconvmae.engine.checkpoint import list_checkpoints, load_checkpoint
 from videoconvmae.engine.tasks import run_task
+from videoconvmae.errors import ConfigError
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "data.num_workers=0", "train.log_every_steps=1"]
 

@@ -14,10 +14,11 @@ from safetensors.torch import save_file
 
 import videoconvmae.data.video as video_io
 from videoconvmae.cli import main
-from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
+from videoconvmae.config import from_dict, load_config, to_dict
 from videoconvmae.data.records import load_records
 from videoconvmae.data.transforms import normalize
 from videoconvmae.data.views import ViewsDataset, k400_temporal_views
+from videoconvmae.errors import ConfigError
 from videoconvmae.eval.merge import merge_shards
 from videoconvmae.eval.metrics import load_predictions
 from videoconvmae.eval.multiview import run_eval, view_spec

@@ -9,8 +9,9 @@ import cloudpickle
 import launch_toys
 import pytest
 
-from videoconvmae.config import ConfigError, load_config
+from videoconvmae.config import load_config
 from videoconvmae.engine.distributed import read_env
+from videoconvmae.errors import ConfigError
 from videoconvmae.launch.cli import launch_task, wait_and_report
 from videoconvmae.launch.executor import check_slurm_config, executor_parameters, job_folder, make_executor
 from videoconvmae.launch.srun import expand_nodelist, torch_env_from_slurm

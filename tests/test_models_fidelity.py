@@ -103,7 +103,8 @@ def test_every_target_renders_back_to_the_input():
 
 
 def test_the_old_norm_pix_key_is_a_one_line_error_naming_the_new_one(tmp_path):
-    from videoconvmae.config import ConfigError, from_dict, load_config, to_dict
+    from videoconvmae.config import from_dict, load_config, to_dict
+    from videoconvmae.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'model.norm_pix_loss' was replaced by model.loss_target"):
         load_config(None, ["model.norm_pix_loss=true"])

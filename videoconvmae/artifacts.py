@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from videoconvmae.errors import ConfigError
+from videoconvmae.errors import ConfigError, one_line
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -72,11 +72,6 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Sequence]) -> Path:
     return atomic_write(path, text.getvalue())
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def read_artifact(path: str | os.PathLike, key: str = "checkpoint", tensors: bool = True) -> dict:
     """The dict stored in a weight file. ``.safetensors`` reads as ``{"model": tensors, "config": dict}`` (config
     from the metadata, absent when there is none), the rest as saved (``torch.load(weights_only=True)``).
@@ -99,7 +94,7 @@ def read_artifact(path: str | os.PathLike, key: str = "checkpoint", tensors: boo
 
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=not tensors)
     except Exception as e:  # noqa: BLE001 - a truncated file, a pickle that needs code, not a checkpoint at all
-        raise ConfigError(f"{key}: {path}: cannot be loaded as a checkpoint ({_first_line(e)})") from None
+        raise ConfigError(f"{key}: {path}: cannot be loaded as a checkpoint ({one_line(e, with_type=True)})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{key}: {path}: expected a dict, got {type(obj).__name__}")
     return obj

@@ -17,18 +17,17 @@ from videoconvmae.commandline import (
     add_config_args,
     config_from_args,
     emit,
-    one_line,
     plain_text,
     write_traceback,
 )
 from videoconvmae.config import describe_config, list_presets, to_yaml
-from videoconvmae.errors import ConfigError, UserError
+from videoconvmae.errors import ConfigError, UserError, one_line
 
 DESCRIPTION = ("VideoConvMAE / ConvMAE: pretraining, finetuning, linear probing, multi-view evaluation, feature "
                "extraction and Slurm launching. Run commands take a PRESET and key.sub=value overrides; "
                "`videoconvmae COMMAND --help` explains each command.")
 
-# Layers that contribute subcommands; a missing module simply contributes none.
+# The layers whose cli.py registers subcommands (``register(subparsers)``).
 COMMAND_MODULES = (
     "videoconvmae.models.cli",
     "videoconvmae.data.cli",
@@ -96,13 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_config(sub)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     _finish_help(parser)
     return parser
 
@@ -128,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("VIDEOCONVMAE_DEBUG"):
             raise
         log = write_traceback(e, args.command)
-        print(f"error: {args.command} failed: {type(e).__name__}: {one_line(e)} (traceback in {log}; "
+        print(f"error: {args.command} failed: {one_line(e, with_type=True)} (traceback in {log}; "
               "VIDEOCONVMAE_DEBUG=1 re-raises)", file=sys.stderr)
         return 1
 

@@ -24,17 +24,6 @@ def set_failure_log(path: str | os.PathLike) -> None:
     _failure_log = Path(path)
 
 
-def one_line(e: BaseException) -> str:
-    """The message of ``e`` as one line. An error re-raised from a DataLoader worker carries the worker's whole
-    traceback in its message: its last line is the original error."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
-        return re.sub(r"^[\w.]+: ", "", lines[-1])
-    return lines[0]
-
-
 def write_traceback(e: BaseException, command: str) -> str:
     """Append the traceback to the run's log.txt (else a temp file); returns where it went."""
     fallback = Path(tempfile.gettempdir()) / f"videoconvmae-{command}-{os.getpid()}.log"

@@ -1,8 +1,5 @@
-"""Data layer: decoders, annotation formats, clip sampling, augmentation, synthetic dataset.
-
-Public names are imported lazily (``from videoconvmae.data import build_dataset``) so that importing the config
-schema (``videoconvmae.data.config``) never pulls in decoders, timm or the run config.
-"""
+"""Data layer: decoders, annotation formats, clip sampling, augmentation, synthetic dataset. The public names
+import lazily, so importing the config schema (``data.config``) never pulls in decoders or timm."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ _EXPORTS = {
     "UnreadableError": "video", "read_clip": "video",
     "VideoRecord": "records", "load_records": "records", "save_class_names": "records",
     "AnnotationError": "records",
-    "build_dataset": "dataset", "collate": "dataset", "SkipStats": "dataset", "DataError": "dataset",
+    "build_dataset": "dataset", "collate": "dataset", "SkipStats": "dataset",
     "ClipDataset": "dataset", "read_image": "dataset",
     "build_mixup": "mixup",
     "dense_indices": "sampling", "segment_indices": "sampling",

@@ -1,27 +1,19 @@
 """Datasets, the batch collate and skip accounting.
 
-``build_dataset(cfg, split, mode)`` -> a map-style Dataset whose item ``i`` is
-``{"input": float [C, T, S, S] (video) | [C, S, S] (image), or with repeated_aug R > 1 a leading [R, ...],
-"label": int, "index": i, "num_clips": R, "skips": {reason: count}}``; ``collate`` turns items into the batch
-``{"input": [B*R, ...], "label": long [B*R], "index": long [B*R], "skips": {reason: count}}``.
+``build_dataset(cfg, split, mode)`` -> a map-style Dataset whose item ``i`` is ``{"input": float [C, T, S, S]
+(video) | [C, S, S] (image), with repeated_aug R > 1 a leading [R, ...], "label", "index": i, "num_clips": R,
+"skips": {reason: count}}``: R augmentations of ONE decode (train split only).
 
-Unreadable items (missing, empty, open_error, decode_error, timeout) are replaced inside the dataset by another
-item picked deterministically from (data.seed, index, attempt), so a run sees the same data whichever worker
-reads it; every failed read is counted in the item's ``skips``. ``SkipStats`` accumulates batches and
-``SkipStats.check(max_fraction)`` raises one ``DataError`` line when too much was skipped.
-
-Repeated augmentation: an item decodes its video ONCE and augments it R times (R = data.repeated_aug, train
-split only); ``label`` / ``index`` are repeated R times in the batch.
+An unreadable item is replaced by another picked from (data.seed, index, attempt), so a run sees the same data
+whichever worker reads it; every failed read is counted in ``skips`` (``SkipStats.check`` raises the one line).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +21,11 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from videoconvmae.data.config import DataConfig
-from videoconvmae.data.records import VideoRecord, annotation_path, load_records, save_class_names
+from videoconvmae.data.records import VideoRecord, annotation_path, load_records
 from videoconvmae.data.sampling import clip_indices, clip_sampling
 from videoconvmae.data.seeding import ItemStreams
 from videoconvmae.data.transforms import ClipTransform
-from videoconvmae.data.video import SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
+from videoconvmae.data.video import BACKENDS, SKIP_REASONS, UnreadableError, describe, start_clip_read, start_read
 from videoconvmae.errors import ConfigError, DataError
 from videoconvmae.task import Task
 
@@ -77,10 +69,6 @@ class ClipDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def save_class_names(self, path: str | os.PathLike) -> Path:
-        """JSON ``{"class_names", "class_to_idx"}`` of this dataset's label ids."""
-        return save_class_names(self.class_names, path)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -190,7 +178,7 @@ def _validate(cfg: DataConfig) -> None:
          (cfg.mean, cfg.std)),
         (len(cfg.rrc_scale) == 2 and len(cfg.rrc_ratio) == 2 and len(cfg.pretrain_rrc_scale) == 2,
          "data.rrc_scale/rrc_ratio/pretrain_rrc_scale", "[low, high]", (cfg.rrc_scale, cfg.rrc_ratio)),
-        (cfg.decoder in ("decord", "pyav", "torchcodec"), "data.decoder", "decord | pyav | torchcodec", cfg.decoder),
+        (cfg.decoder in BACKENDS, "data.decoder", " | ".join(BACKENDS), cfg.decoder),
         (cfg.max_retries >= 0, "data.max_retries", "an integer >= 0", cfg.max_retries),
     ]
     for ok, key, expected, got in checks:

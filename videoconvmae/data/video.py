@@ -8,7 +8,7 @@ also what VideoMAE's decord loader does).
 
 ``get_frames`` accepts any indices (unsorted, repeated); each backend decodes the sorted unique set once.
 Every failure is an ``Exception`` (decord's DECORDError is not a RuntimeError): callers catch ``Exception``.
-``decode_with_timeout`` runs a decode in a watchdog thread so a hanging decoder cannot stall training.
+``start_decode`` runs a decode in a watchdog thread so a hanging decoder cannot stall training.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 import numpy as np
+
+from videoconvmae.errors import one_line
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 
@@ -286,10 +288,6 @@ def start_decode(fn: Callable[[], T], timeout_s: float | None, what: str = "deco
     return lambda: _WATCHDOG.result(handle, timeout_s, what)
 
 
-def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None, what: str = "decoder") -> T:
-    """``fn()`` run in the watchdog thread; raises ``DecodeTimeout`` after ``timeout_s`` (None / 0 = no limit)."""
-    return start_decode(fn, timeout_s, what)()
-
 
 SKIP_REASONS = ("missing", "empty", "open_error", "decode_error", "timeout")
 
@@ -303,8 +301,7 @@ class UnreadableError(Exception):
 
 
 def describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {text[0] if text else ''}"[:200]
+    return one_line(e, with_type=True)[:200]  # a skip record's detail: bounded
 
 
 def check_file(path: str) -> None:

@@ -1,11 +1,9 @@
 """The test views of a video (or image): where they sit in time and space (the VideoMAE test protocol, generalised
 to T x S), read from one decode, resized, cropped and normalised. Used by eval (T x S views) and visualize (1 x 1).
 
-VideoMAE's test loader re-opens and decodes a video once per view (15 times for K400 5 x 3); here an item
-(``ViewsDataset``) is a whole video: the union of the frames of its T temporal views is read in one
-``get_frames`` call (one ``open_video``, under ``data.decode_timeout_s``), resized once, and every T x S view is
-cut from it. An unreadable file becomes an item with ``views=None`` and the error, so the caller can list and
-count it instead of crashing.
+VideoMAE's test loader decodes a video once per view (15 times for K400 5 x 3); here an item (``ViewsDataset``)
+is a whole video: the union of its views' frames is read in one ``get_frames`` call, resized once, and every
+T x S view is cut from it. An unreadable file is an item with ``views=None`` and the error, listed, not fatal.
 
 Notation: a video has ``L`` frames of ``H x W`` pixels; the model takes clips of ``c`` frames
 (``data.num_frames``) of ``s x s`` pixels (``data.input_size``); ``q`` = ``data.short_side_size``;
@@ -41,13 +39,9 @@ uint8 result, which is what upstream's ``cv2.resize(..., INTER_LINEAR)`` compute
 fixed-point rounding); it runs once per decoded frame, before cropping. Normalisation comes last.
 Views are ordered temporal-major: view ``v = k * S + i``.
 
-Why not pytorchvideo's functional transforms (the project dropped the dependency): none places the views as
-VideoMAE does. ``uniform_crop`` centres with ``ceil((long' - s) / 2)`` where VideoMAE truncates (one pixel off
-whenever ``long' - s`` is odd), treats a square frame as wide (the crops move along the other axis), and knows
-S <= 3 only; ``uniform_temporal_subsample`` takes ``linspace(0, L - 1, c)``, neither the dense stride-``r`` clips
-of Kinetics nor the segment samples of SSV2; ``short_side_scale`` takes float32 frames only (we resize the
-uint8 frames once, as upstream's cv2 does, and normalise on the device) and computes the long side as
-``floor(H / W * q)`` instead of ``int(q * H / W)``, which differ for a few sizes by float rounding.
+Why not pytorchvideo's functional transforms: none places the views as VideoMAE does (``uniform_crop`` centres
+with ceil and treats a square frame as wide, ``uniform_temporal_subsample`` is neither dense nor segment
+sampling, ``short_side_scale`` takes float32 frames and rounds the long side differently).
 """
 
 from __future__ import annotations
@@ -64,6 +58,7 @@ from torch.utils.data import Dataset
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.sampling import clip_sampling
 from videoconvmae.data.video import read_clip
+from videoconvmae.errors import one_line
 
 
 def _centred(extent: int) -> int:
@@ -130,10 +125,6 @@ class ViewPlan:
     def num_views(self) -> int:
         return len(self.frame_indices) * len(self.crop_origins)
 
-    def union(self) -> np.ndarray:
-        """The sorted distinct frames all views need: what one decode must read."""
-        return np.unique(self.frame_indices)
-
 
 def temporal_views(sampling: str, num_video_frames: int, *, clip_len: int, sampling_rate: int, num_segments: int,
                    num_views: int) -> np.ndarray:
@@ -166,8 +157,8 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def cut_views(frames: np.ndarray, frame_ids: np.ndarray, plan: ViewPlan) -> torch.Tensor:
     """Every view of ``plan`` from one decode, still uint8 (normalised later, on the model's device).
 
-    frames: uint8 ``[U, H, W, 3]``, the decoded frames ``frame_ids`` (sorted, distinct, a superset of
-    ``plan.union()``). Returns uint8 ``[T * S, 3, clip_len, crop, crop]``, temporal-major.
+    frames: uint8 ``[U, H, W, 3]``, the decoded frames ``frame_ids`` (sorted, distinct, a superset of the
+    views' frames). Returns uint8 ``[T * S, 3, clip_len, crop, crop]``, temporal-major.
     """
     x = resize_frames(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), plan.resized)
     rows = torch.from_numpy(np.searchsorted(frame_ids, plan.frame_indices))  # [T, clip_len]
@@ -250,11 +241,6 @@ def load_image_views(path: str, spec: ViewSpec) -> torch.Tensor:
     return torch.stack([x[:, top:top + c, left:left + c] for top, left in origins])
 
 
-def _error_text(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
-
-
 class ViewsDataset(Dataset):
     """Item i: ``{"position", "views" uint8 [V, 3, ...] | None, "error" | None}`` for ``records[i]``."""
 
@@ -274,9 +260,5 @@ class ViewsDataset(Dataset):
                 views, _ = decode_video_views(record.path, self.spec)
             return {"position": position, "views": views, "error": None}
         except Exception as e:  # any decoder failure (decord's DECORDError is not a RuntimeError)
-            return {"position": position, "views": None, "error": _error_text(e)}
+            return {"position": position, "views": None, "error": one_line(e, with_type=True)}
 
-
-def collate_items(items: list[dict]) -> list[dict]:
-    """Keep items as a list: views of one video stay together, unreadable items ride along."""
-    return items

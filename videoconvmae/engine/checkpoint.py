@@ -14,6 +14,7 @@ import os
 import random
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch.nn as nn
 from safetensors.torch import save as safetensors_bytes
 
 from videoconvmae.artifacts import atomic_write, atomic_write_all, read_artifact
-from videoconvmae.errors import ConfigError
+from videoconvmae.errors import ConfigError, one_line
 from videoconvmae.models.checkpoint import read_state_dict
 from videoconvmae.models.config import ModelConfig
 
@@ -78,24 +79,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoints in ``output_dir``, newest (highest step) first."""
+def list_checkpoints(output_dir: str | os.PathLike, pattern: re.Pattern = CKPT_PATTERN) -> list[Path]:
+    """Checkpoints in ``output_dir`` whose name matches ``pattern`` (step in group 1), newest first."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def first_loadable(paths: list[Path], load: Callable[[Path], Any]) -> tuple[Path, Any] | None:
+    """``(path, load(path))`` for the first path that loads; a damaged one is skipped with a warning."""
+    for path in paths:
+        try:
+            return path, load(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: truncated zip, wrong content, ...
+            warnings.warn(f"skipping damaged checkpoint {path}: {one_line(e, with_type=True)}", stacklevel=3)
+    return None
 
 
 def find_resume(output_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads; a damaged one is skipped with a warning."""
-    for path in list_checkpoints(output_dir):
-        try:
-            return path, load_checkpoint(path)
-        except Exception as e:  # any unreadable file: truncated zip, wrong content, ...
-            warnings.warn(f"skipping damaged checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}",
-                          stacklevel=2)
-    return None
+    return first_loadable(list_checkpoints(output_dir), load_checkpoint)
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:

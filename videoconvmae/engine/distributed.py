@@ -90,22 +90,36 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def multi_process() -> bool:
+    """A process group of 2+ ranks: collectives are needed (every helper below is a no-op otherwise)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (no-op for one process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    """In-place sum over ranks."""
+    if multi_process():
         dist.all_reduce(t)
     return t
 
 
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_process():
         dist.barrier()
 
 
 def broadcast_object(obj):
     """Rank 0's value on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not multi_process():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (one process: ``[obj]``)."""
+    if not multi_process():
+        return [obj]
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box

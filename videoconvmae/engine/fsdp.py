@@ -5,10 +5,10 @@ Sharding follows torchtitan's recipe: ``fully_shard`` on every transformer block
 the head). The conv stages 1-2 stay in the root unit: they hold ~5% of ConvMAE-B's parameters, and their blocks
 run with a layout argument (models/sparse.py) that FSDP's hooks were never tested with. ``train.precision``
 becomes a ``MixedPrecisionPolicy`` (parameters and the forward in bf16 / fp16, gradients reduced in fp32);
-``train.fsdp_cpu_offload`` keeps the sharded parameters, gradients and
-optimizer state in CPU memory (FSDP2's ``CPUOffloadPolicy``; it needs an accelerator, the trainer refuses it on
-CPU). Only the pretrain path is covered: in-training evaluation (ranks with unequal val shares would run unequal
-numbers of FSDP collectives), EMA and the linear-probe export are refused by ``trainer.check_fsdp``.
+``train.fsdp_cpu_offload`` keeps the sharded parameters, gradients and optimizer state in CPU memory (FSDP2's
+``CPUOffloadPolicy``; it needs an accelerator, the trainer refuses it on CPU). Only the pretrain path is
+covered: in-training evaluation (ranks with unequal val shares would run unequal numbers of FSDP collectives),
+EMA and the linear-probe export are refused by ``trainer.check_fsdp``.
 
 A checkpoint is a folder ``checkpoint-<step>.dcp``: every rank writes its own shard of the model and optimizer
 (``dcp.save``) at the same step boundary into ``.checkpoint-<step>.dcp.tmp``; after a barrier rank 0 adds
@@ -42,7 +42,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 
 from videoconvmae.artifacts import fsync_dir, read_artifact
-from videoconvmae.engine.checkpoint import atomic_torch_save
+from videoconvmae.engine.checkpoint import atomic_torch_save, first_loadable, list_checkpoints
+from videoconvmae.engine.distributed import barrier, multi_process
 
 DCP_PATTERN = re.compile(r"checkpoint-(\d+)\.dcp$")
 STATE_FILE = "state.pt"  # inside a DCP folder: everything but the model and optimizer tensors
@@ -62,7 +63,7 @@ def shard_model(model: nn.Module, precision: str = "fp32", cpu_offload: bool = F
     """FSDP2 in place: each block of ``SHARDED_BLOCKS``, then the root. Needs an initialized process group."""
     # The loop only reads the returned loss; FSDP warns about every view in the output dict on each step.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not multi_process():
         raise RuntimeError("shard_model: train.parallel=fsdp needs a process group of 2 or more processes")
     kwargs: dict = {"mp_policy": mixed_precision(precision)}
     if cpu_offload:
@@ -109,21 +110,12 @@ def is_complete(path: Path) -> bool:
 
 def list_dcp_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete DCP checkpoints in ``output_dir``, newest (highest step) first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := DCP_PATTERN.fullmatch(p.name))]
-    return [p for _, p in sorted(found, reverse=True) if is_complete(p)]
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+    return [p for p in list_checkpoints(output_dir, DCP_PATTERN) if is_complete(p)]
 
 
 def _single() -> bool:
     """No process group: DCP reads / writes every shard in this process."""
-    return not (dist.is_initialized() and dist.get_world_size() > 1)
+    return not multi_process()
 
 
 def _is_main() -> bool:
@@ -138,10 +130,10 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
     if _is_main():
         shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt's leftovers
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp), no_dist=_single())
-    _barrier()  # every shard is on disk (dcp fsyncs its files)
+    barrier()  # every shard is on disk (dcp fsyncs its files)
     if _is_main():
         atomic_torch_save(state, tmp / STATE_FILE)
         if final.exists():
@@ -150,7 +142,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: nn.Module, 
         fsync_dir(final.parent)
         for old in list_dcp_checkpoints(output_dir)[keep_last:]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 
@@ -179,11 +171,5 @@ def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
 def find_resume(output_dir: str | os.PathLike) -> Path | None:
     """The newest complete DCP checkpoint whose ``state.pt`` loads; a damaged one is skipped with a warning."""
-    for path in list_dcp_checkpoints(output_dir):
-        try:
-            load_state(path)
-            return path
-        except Exception as e:  # noqa: BLE001 - any unreadable state file
-            warnings.warn(f"skipping damaged checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}",
-                          stacklevel=2)
-    return None
+    found = first_loadable(list_dcp_checkpoints(output_dir), load_state)
+    return None if found is None else found[0]

@@ -135,19 +135,6 @@ def build_task_model(cfg: Config, num_classes: int = 0) -> nn.Module:
     return model
 
 
-def dataset_num_classes(dataset: Dataset, cfg: Config) -> int:
-    for attr in ("num_classes",):
-        if isinstance(getattr(dataset, attr, None), int):
-            return getattr(dataset, attr)
-    for attr in ("class_names", "classes"):
-        names = getattr(dataset, attr, None)
-        if names is not None:
-            return len(names)
-    from videoconvmae.data import load_records
-
-    return len(load_records(cfg.data, "train")[1])
-
-
 def check_labels(dataset: Dataset, num_classes: int) -> None:
     """Every label is an output of the head (else: a raw IndexError in the loss, mid-run)."""
     records = getattr(dataset, "records", None) or []
@@ -195,7 +182,7 @@ def build_parts(cfg: Config, info: DistInfo) -> TaskParts:
     mode = cfg.task
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
     train_set = data_layer.build_dataset(cfg.data, "train", mode)
-    num_classes = 0 if cfg.task == "pretrain" else (cfg.model.num_classes or dataset_num_classes(train_set, cfg))
+    num_classes = 0 if cfg.task == "pretrain" else (cfg.model.num_classes or train_set.num_classes)
     model = build_task_model(cfg, num_classes).to(info.device)
     seed_everything(cfg.train.seed + info.rank)
     parts = TaskParts(model=model, train_set=train_set, loss_fn=None, collate_fn=data_layer.collate,  # type: ignore

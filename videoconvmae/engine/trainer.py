@@ -26,7 +26,7 @@ from videoconvmae.config import Config, code_version, save_config, to_dict
 from videoconvmae.data.seeding import SeededItems, seed_everything
 from videoconvmae.engine import checkpoint as ckpt_io
 from videoconvmae.engine import fsdp
-from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, broadcast_object
+from videoconvmae.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, gather_objects
 from videoconvmae.engine.logging import RunLogger
 from videoconvmae.engine.optim import LrPlan, build_optimizer, build_scheduler, current_lr, plan_lr
 from videoconvmae.engine.resume import check_resume_config, config_changes, describe_changes
@@ -121,10 +121,7 @@ class Trainer:
             except ConfigError as e:
                 self.lock.release()
                 error = str(e)
-        if self.dist.distributed:
-            box = [error]
-            torch.distributed.broadcast_object_list(box, src=0)
-            error = box[0]
+        error = broadcast_object(error)
         if error:
             raise ConfigError(error)
         return [n for n in notes if n]
@@ -185,11 +182,7 @@ class Trainer:
         mine = ckpt_io.rng_state(self.parts.generators)
         if self.parts.skip_stats is not None:
             mine["skip_stats"] = self.parts.skip_stats.state_dict()
-        if not self.dist.distributed:
-            return [mine]
-        gathered: list[Any] = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(gathered, mine)
-        return gathered
+        return gather_objects(mine)
 
     def state_dict(self) -> dict:
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -230,8 +223,7 @@ class Trainer:
                 raise RuntimeError(f"could not write checkpoint {path}: {e} (the previous checkpoint, {kept}, is "
                                    "intact)") from e
             self.own_checkpoints = ckpt_io.prune_checkpoints([path, *self.own_checkpoints], self.cfg.train.keep_last)
-        if self.dist.distributed:
-            torch.distributed.barrier()
+        barrier()
         return path
 
     def _resume(self) -> None:
@@ -456,8 +448,7 @@ class Trainer:
         if stats is not None:
             totals = stats.as_dict()
             if self.dist.distributed:
-                gathered: list[Any] = [None] * self.dist.world_size
-                torch.distributed.all_gather_object(gathered, totals)
+                gathered = gather_objects(totals)
                 totals = {k: sum(t.get(k, 0) for t in gathered) for k in sorted(set().union(*gathered))}
             metrics.update(totals)
             log.event("data", step=self.step, summary=stats.summary() + (" (rank 0)" if self.dist.distributed

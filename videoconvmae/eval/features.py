@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoconvmae.artifacts import atomic_write, saved_config, write_csv
+from videoconvmae.artifacts import atomic_write, write_csv
 from videoconvmae.config import Config
 from videoconvmae.engine.checkpoint import load_task_model
 from videoconvmae.eval.multiview import (
-    check_view_sizes,
-    eval_model_config,
+    eval_inputs,
     eval_run_info,
     in_order,
     num_views,
@@ -53,11 +52,7 @@ class PooledFeatures(torch.nn.Module):
 
 def run_features(cfg: Config, per_view: bool = False, per_clip: bool = False) -> dict:
     """Embed every video of ``cfg.eval.split`` in this job's shard; returns the summary written to features.json."""
-    from videoconvmae.data.records import load_records
-
-    check_view_sizes(cfg)
-    model_cfg = eval_model_config(cfg, saved_config(cfg.eval.checkpoint, "features: eval.checkpoint"))
-    records, _ = load_records(cfg.data, cfg.eval.split)
+    model_cfg, records, _ = eval_inputs(cfg, "features: eval.checkpoint")
 
     def build(device: torch.device) -> torch.nn.Module:
         encoder = load_task_model(cfg.eval.checkpoint, model_cfg, "features", use_ema=cfg.eval.use_ema,

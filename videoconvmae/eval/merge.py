@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from videoconvmae.errors import one_line
 from videoconvmae.eval.metrics import PREDICTIONS_NPZ, load_predictions
 from videoconvmae.eval.report import read_report, write_report
 
@@ -81,8 +82,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
         try:
             v, y, s = load_predictions(path / PREDICTIONS_NPZ)
         except Exception as e:  # a truncated / foreign file: zipfile, numpy and KeyError all differ
-            raise MergeError(f"{path / PREDICTIONS_NPZ}: cannot read the predictions ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); rerun that shard") from None
+            raise MergeError(f"{path / PREDICTIONS_NPZ}: cannot read the predictions "
+                             f"({one_line(e, with_type=True)}); rerun that shard") from None
         if len(v) != rep["num_evaluated"] or len(v) + len(rep["unreadable"]) != rep["num_assigned"]:
             raise MergeError(f"{path}: {PREDICTIONS_NPZ} holds {len(v)} predictions, metrics.json says "
                              f"{rep['num_evaluated']} evaluated")

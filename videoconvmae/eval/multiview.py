@@ -25,8 +25,9 @@ from videoconvmae.artifacts import saved_config
 from videoconvmae.config import Config, from_dict
 from videoconvmae.data.sampling import model_input_shape
 from videoconvmae.data.transforms import normalize
-from videoconvmae.data.views import ViewsDataset, ViewSpec, collate_items
+from videoconvmae.data.views import ViewsDataset, ViewSpec
 from videoconvmae.engine.checkpoint import load_task_model
+from videoconvmae.engine.distributed import gather_objects
 from videoconvmae.engine.tasks import check_modality
 from videoconvmae.engine.trainer import autocast_for, check_precision
 from videoconvmae.errors import ConfigError
@@ -73,8 +74,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
-    """The checkpoint's own model section (the weights fix the architecture), else ``cfg.model``."""
+def eval_inputs(cfg: Config, key: str) -> tuple[ModelConfig, list, list[str]]:
+    """What eval and ``features`` start from: the model section (the checkpoint's own: the weights fix the
+    architecture; else ``cfg.model``) and the records and class names of ``cfg.eval.split``."""
+    from videoconvmae.data.records import load_records
+
+    if cfg.data.input_size > cfg.data.short_side_size:
+        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
+                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
+    saved = saved_config(cfg.eval.checkpoint, key)
     model_cfg = from_dict(saved).model if saved else cfg.model
     # Evaluation loads finetuned weights itself: never re-initialise from the pretraining checkpoint.
     model_cfg = dataclasses.replace(model_cfg, pretrained="")
@@ -84,7 +92,7 @@ def eval_model_config(cfg: Config, saved: dict | None) -> ModelConfig:
         differ = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(asked, f.name)]
         print(f"eval: model.* comes from the checkpoint's saved config ({model_cfg.arch}); the run config's "
               f"differing model.{', model.'.join(differ)} is not used")
-    return model_cfg
+    return (model_cfg, *load_records(cfg.data, cfg.eval.split))
 
 
 def config_hash(cfg: Config, model_cfg: ModelConfig) -> str:
@@ -137,25 +145,12 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, ag
     return positions, (torch.cat(scores).numpy() if scores else np.zeros((0, k), np.float32)), failed
 
 
-def _gather(obj):
-    """Every rank's ``obj`` in rank order (one process: ``[obj]``)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [obj]
-    box = [None] * dist.get_world_size()
-    dist.all_gather_object(box, obj)
-    return box
-
-
 def run_eval(cfg: Config) -> dict:
     """Evaluate ``cfg.eval.checkpoint`` on this job's shard of ``cfg.data``; the summary (metrics + paths).
 
     Every rank returns the same summary; rank 0 writes the files into ``output_dir(cfg)``.
     """
-    from videoconvmae.data.records import load_records
-
-    check_view_sizes(cfg)
-    model_cfg = eval_model_config(cfg, saved_config(cfg.eval.checkpoint, "eval.checkpoint"))
-    records, class_names = load_records(cfg.data, cfg.eval.split)
+    model_cfg, records, class_names = eval_inputs(cfg, "eval.checkpoint")
 
     def build(device: torch.device) -> torch.nn.Module:
         return load_task_model(cfg.eval.checkpoint, model_cfg, "eval", num_classes=len(class_names),
@@ -165,12 +160,6 @@ def run_eval(cfg: Config) -> dict:
         return _write(cfg, parts, records, class_names, model_cfg, job_part)
 
     return run_sharded(cfg, records, build, cfg.eval.aggregation, write)
-
-
-def check_view_sizes(cfg: Config) -> None:
-    if cfg.data.input_size > cfg.data.short_side_size:
-        raise ConfigError(f"data.input_size={cfg.data.input_size} > data.short_side_size={cfg.data.short_side_size}:"
-                          " the test crops are cut from frames resized to the short side, so it must be >= the crop")
 
 
 def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torch.nn.Module],
@@ -191,12 +180,12 @@ def run_sharded(cfg: Config, records: list, build: Callable[[torch.device], torc
         if cfg.train.compile:
             model = torch.compile(model)
         loader = DataLoader(ViewsDataset(records, mine, view_spec(cfg)), batch_size=cfg.eval.batch_videos,
-                            shuffle=False, num_workers=cfg.data.num_workers, collate_fn=collate_items,
-                            pin_memory=info.device.type == "cuda")
+                            shuffle=False, num_workers=cfg.data.num_workers, collate_fn=list,
+                            pin_memory=info.device.type == "cuda")  # a batch: the items as a list
         part = predict(model, loader, info.device, aggregation, cfg.data.mean, cfg.data.std,
                        cfg.train.precision, progress=cfg.train.progress and info.is_main,
                        unit="image" if cfg.data.dataset == "imagefolder" else "video")
-        parts = _gather(part)
+        parts = gather_objects(part)
         return broadcast_object(write(parts, job_part) if info.is_main else None)
     finally:
         if not was_initialised and dist.is_initialized():

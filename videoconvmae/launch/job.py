@@ -1,40 +1,29 @@
 """What submitit runs: a training run (checkpointable, requeued on preemption), an eval shard, a shard merge.
 
-Preemption and time limits — what submitit 1.5.4 does, and what we do instead
------------------------------------------------------------------------------
-``submitit/core/submission.py:process_job`` loads the pickled ``DelayedSubmission`` and, before calling it,
-installs ``JobEnvironment._handle_signals`` (``submitit/core/job_environment.py``):
+Preemption and time limits: what submitit 1.5.4 does, and what we do instead
+----------------------------------------------------------------------------
+Before calling the job, ``submitit/core/submission.py:process_job`` installs ``JobEnvironment._handle_signals``:
+SIGTERM / SIGCONT are logged and ignored (Slurm sends SIGTERM on preemption and ``scancel``); SIGUSR2
+(``#SBATCH --signal=USR2@<slurm.signal_delay_s>`` before the time limit, or a preemption) runs
+``checkpoint_and_try_requeue`` INSIDE the signal handler, i.e. in the middle of a forward pass or half an
+optimizer step: it calls ``checkpoint()``, dumps the returned DelayedSubmission over the pickle, runs ``scontrol
+requeue`` and ``sys.exit(-1)`` (no result, so ``job.result()`` waits for the requeued run). Only time-outs (a
+guess from wall time, ``has_timed_out``) count down ``max_num_timeout``; only global rank 0 requeues.
 
-* SIGTERM and SIGCONT -> ``SignalHandler.bypass``: logged, otherwise ignored. Slurm sends SIGTERM on
-  preemption and on ``scancel``; ``SlurmJob._interrupt()`` sends SIGTERM then SIGUSR2.
-* SIGUSR2 (``#SBATCH --signal=USR2@<slurm.signal_delay_s>`` before the time limit, or a preemption) ->
-  ``SignalHandler.checkpoint_and_try_requeue``. It runs inside the signal handler, i.e. in the middle of
-  whatever Python was doing (a forward pass, half an optimizer step): it calls the callable's ``checkpoint()``,
-  dumps the DelayedSubmission it returns over the submitted pickle, runs ``scontrol requeue <job id>`` and
-  ``sys.exit(-1)`` (no result pickle, so ``job.result()`` keeps waiting for the requeued run).
-  Time-out vs preemption is a guess from wall time (``has_timed_out``: ran >= min(0.8 x limit, limit - 10 min));
-  only time-outs count down ``max_num_timeout`` (stored in the pickle), preemptions requeue without limit.
-  Only global rank 0 requeues; other ranks return from the handler.
+A checkpoint written from there could hold a half-applied step. So ``RunJob.__call__`` (``StopOnSignal``) blocks
+SIGUSR2 and SIGTERM in the main thread and takes them in a watcher thread (``sigtimedwait``); SIGUSR2 only sets
+the ``stop_event`` given to ``engine.run_task``. The engine finishes its step (all ranks agree through an
+all-reduce), writes its checkpoint atomically and returns ``status="stopped"``; only then does rank 0 call
+submitit's own ``checkpoint_and_try_requeue`` (same countdown, pickle and ``scontrol requeue``). The requeued job
+resumes with ``train.resume=auto`` and ends with the weights an uninterrupted run would have. SIGTERM is logged
+and ignored, as submitit does: a cancelled job must not requeue itself.
 
-A checkpoint written from there could hold a half-applied step. So ``RunJob.__call__`` (``StopOnSignal``), for
-the duration of the run, blocks SIGUSR2 and SIGTERM in the main thread and takes them in a watcher thread
-(``sigtimedwait``); SIGUSR2 only sets the ``stop_event`` given to ``engine.run_task``. The engine finishes the step
-it is in (all ranks agree on the stop through an all-reduce), writes its checkpoint atomically and returns
-``status="stopped"``; only then, at that step boundary, the job calls submitit's own ``checkpoint_and_try_requeue``
-(same countdown rules, same pickle, same ``scontrol requeue``, same exit without a result). The requeued job
-unpickles the same RunJob and ``train.resume=auto`` loads the newest checkpoint: step count, data position and RNG
-states come from the checkpoint, so the resumed run ends with the weights an uninterrupted run would have. Ranks
-other than 0 exit without a result; rank 0 requeues the whole job. SIGTERM is logged and ignored, as submitit
-does: ``scancel`` sends it too (then SIGKILL), and a cancelled job must not requeue itself.
-
-Why blocked rather than only handled: Slurm signals EVERY process of the step, DataLoader workers included, and a
-torch worker dies of a SIGTERM that does not come from its parent, which crashes the main process ("DataLoader
-worker killed by signal: Terminated") before it can checkpoint. A blocked signal mask is inherited by every
-process the run forks or spawns, so in the workers the signal stays pending and harmless.
-Jobs are submitted with ``--requeue``: ``scontrol requeue`` is refused for a non-requeueable job.
-
-``slurm.cluster=local`` uses the same path (submitit's local controller sends SIGUSR2 before ``timeout_min``
-and restarts the job when it exits with the requeue code). ``debug`` runs in the caller's process: no signals.
+Why blocked rather than handled: Slurm signals EVERY process of the step, and a DataLoader worker dies of a
+SIGTERM that does not come from its parent, crashing the main process before it can checkpoint; a blocked mask
+is inherited by every process the run starts, so there the signal stays pending and harmless. Jobs are
+submitted with ``--requeue`` (``scontrol requeue`` refuses a non-requeueable job). ``slurm.cluster=local`` uses
+the same path (submitit's local controller sends SIGUSR2 before ``timeout_min``); ``debug`` runs in the caller's
+process: no signals.
 """
 
 from __future__ import annotations
@@ -112,13 +101,9 @@ def _task_identity(env: submitit.JobEnvironment | None) -> dict:
 class StopOnSignal:
     """Inside a submitit job: the preemption / time-limit signal sets ``stop_event`` instead of exiting mid-step.
 
-    The preemption signals (SIGUSR2 and SIGTERM) are blocked in the main thread and taken by a watcher thread
-    with ``sigtimedwait``. The mask is inherited by every process the run forks or spawns, which is the point:
-    Slurm signals ALL processes of the step, and a DataLoader worker dies of a SIGTERM that does not come from
-    its parent (torch's worker handler), which would crash the run instead of letting it checkpoint. Blocked,
-    the signal stays pending in the workers; the main process decides. A Python-level SIGUSR2 handler doing the
-    same (set ``stop_event``) covers a thread created before the mask that might still receive it.
-    ``requeue()`` then does what submitit's handler would have done, at a step boundary.
+    SIGUSR2 and SIGTERM are blocked and taken by a watcher thread (why: module docstring). A Python-level SIGUSR2
+    handler doing the same covers a thread created before the mask that might still receive it. ``requeue()``
+    then does what submitit's handler would have done, at a step boundary.
     """
 
     def __init__(self, requeue_at_once: bool = False) -> None:

@@ -106,15 +106,18 @@ def _tasks(job: submitit.Job) -> list[submitit.Job]:
     return [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
 
 
+def _task_outcome(task: submitit.Job) -> str | None:
+    """'success' / 'error' from the task's result pickle; None while it has none."""
+    path = task.paths.result_pickle
+    try:
+        return submitit_utils.pickle_load(path)[0] if path.exists() else None
+    except Exception:  # noqa: BLE001 - a half-written pickle: not finished yet
+        return None
+
+
 def _outcome(job: submitit.Job) -> str | None:
     """'error' when a task failed, 'success' when every task returned, None while any is unfinished."""
-    outcomes = []
-    for task in _tasks(job):
-        path = task.paths.result_pickle
-        try:
-            outcomes.append(submitit_utils.pickle_load(path)[0] if path.exists() else None)
-        except Exception:  # noqa: BLE001 - a half-written pickle: not finished yet
-            outcomes.append(None)
+    outcomes = [_task_outcome(task) for task in _tasks(job)]
     if "error" in outcomes:
         return "error"
     return "success" if all(o == "success" for o in outcomes) else None
@@ -122,14 +125,7 @@ def _outcome(job: submitit.Job) -> str | None:
 
 def failing_task(job: submitit.Job) -> submitit.Job:
     """The first task whose result is an error (its log is the one to read), else task 0."""
-    for task in _tasks(job):
-        path = task.paths.result_pickle
-        try:
-            if path.exists() and submitit_utils.pickle_load(path)[0] == "error":
-                return task
-        except Exception:  # noqa: BLE001
-            continue
-    return _tasks(job)[0]
+    return next((task for task in _tasks(job) if _task_outcome(task) == "error"), _tasks(job)[0])
 
 
 def _last_line(text: str) -> str:

@@ -1,8 +1,5 @@
-"""Model layer: ConvMAE / VideoConvMAE layers, masking, models, registry, checkpoint interop.
-
-Public API (imported lazily, so ``videoconvmae.config`` can import ``models.config`` without loading torch/timm):
-``create_model``, ``list_models``, ``build_model``, ``load_pretrained``, ``LoadReport``, ``count_params``.
-"""
+"""Model layer: layers, masking, models, registry, checkpoint interop. The public names (``_EXPORTS``) import
+lazily, so ``videoconvmae.config`` can import ``models.config`` without loading torch / timm."""
 
 from __future__ import annotations
 

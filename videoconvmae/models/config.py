@@ -60,12 +60,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_mask(self.mask_type, self.mask_ratio, key="model.")
-        for key, value, allowed in (("loss_target", self.loss_target, LOSS_TARGETS),
-                                    ("pos_embed", self.pos_embed, POS_EMBEDS)):
+        choices = (("loss_target", self.loss_target, LOSS_TARGETS), ("pos_embed", self.pos_embed, POS_EMBEDS),
+                   ("conv_init", self.conv_init, CONV_INITS))
+        for key, value, allowed in choices:
             if value is not None and value not in allowed:
                 raise ValueError(f"model.{key}: expected {'|'.join(allowed)}, got {value!r}")
-        if self.conv_init not in CONV_INITS:
-            raise ValueError(f"model.conv_init: expected {'|'.join(CONV_INITS)}, got {self.conv_init!r}")
 
     def check_input(self, input_size: int, num_frames: int | None) -> None:
         """Raise ValueError unless the model takes ``input_size`` px clips of ``num_frames`` (None: images):

@@ -4,9 +4,7 @@ One code path for images (``spatial_dims=2``, input ``[N, C, H, W]``) and video 
 ``[N, C, T, H, W]``). The stage-3 grid is (H/16, W/16) or (T/tubelet, H/16, W/16), taken from the input: any
 size divisible by 16 (and T by the tubelet) works; position embeddings are computed for it.
 
-State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE): ``patch_embed1..3`` (conv embeds),
-``patch_embed4`` (Linear), ``blocks1``, ``blocks2`` (conv blocks), ``blocks3`` (transformer), ``norm``,
-``stage1_output_decode``, ``stage2_output_decode``, ``decoder_*``, ``mask_token``; classifier ``fc_norm``, ``head``.
+State-dict keys follow the official ConvMAE layout (Alpha-VL/ConvMAE; listed in ``timm_models.KEY_LAYOUT``).
 
 Position embeddings: pretraining adds the fixed sin-cos table computed from the input's grid (ConvMAE and
 VideoMAE pretrain with fixed tables), so it is not in the state dict. A classifier with ``pos_embed="learnable"``
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from videoconvmae.models.config import CELL_SIDES, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
+from videoconvmae.models.config import CELL_SIDES, LOSS_TARGETS, STAGE_STRIDES, TOKEN_PX, check_mask, token_grid
 from videoconvmae.models.layers import (
     TRANSFORMER_NORM_EPS,
     Block,
@@ -63,13 +61,6 @@ class EncoderOutput:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LOSS_TARGETS = ("videomae", "mae", "pixel")
-
-
-def default_pos_grid(spatial_dims: int, tubelet: int) -> tuple[int, ...]:
-    """The grid of a 224-px input (16 frames for video), the size upstream tables are made for."""
-    side = 224 // TOKEN_PX
-    return (side, side) if spatial_dims == 2 else (16 // tubelet, side, side)
 
 
 class ConvMAEEncoder(nn.Module):
@@ -123,7 +114,8 @@ class ConvMAEEncoder(nn.Module):
         if conv_init not in ("official", "transformer"):
             raise ValueError(f"conv_init: expected official | transformer, got {conv_init!r}")
         self.conv_init = conv_init
-        self.pos_grid = tuple(pos_grid or default_pos_grid(spatial_dims, self.tubelet))
+        side = 224 // TOKEN_PX  # default: the grid of a 224-px input (16 frames), the size upstream tables are made for
+        self.pos_grid = tuple(pos_grid or ((side, side) if spatial_dims == 2 else (16 // self.tubelet, side, side)))
         if len(self.pos_grid) != spatial_dims:
             raise ValueError(f"pos_grid: expected {spatial_dims} sizes, got {list(self.pos_grid)}")
         self.pos_embed = nn.Parameter(sincos_pos_embed(c3, self.pos_grid)[None]) if pos_embed == "learnable" \
@@ -278,18 +270,16 @@ class ConvMAEPretrain(ConvMAEEncoder):
     - ``pixel``: the model input's patch as it is (MAE with ``norm_pix_loss=False``).
     """
 
-    def __init__(self, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
-                 decoder_mlp_ratio: float = 4.0, mask_type: str | None = None, mask_ratio: float | None = None,
-                 loss_target: str | None = None, multiscale_decoder: bool = True, sparse_stages: bool = True,
+    def __init__(self, *, mask_type: str, mask_ratio: float, decoder_dim: int = 512, decoder_depth: int = 8,
+                 decoder_heads: int = 16, decoder_mlp_ratio: float = 4.0, loss_target: str | None = None,
+                 multiscale_decoder: bool = True, sparse_stages: bool = True,
                  input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
                  **encoder_kwargs):
         super().__init__(stage_decodes=True, fuse_stages=multiscale_decoder, final_norm=True, **encoder_kwargs)
         self.sparse_stages = sparse_stages  # exact: same numerics as the dense reference, less work
-        video = self.spatial_dims == 3
-        self.mask_type = mask_type or ("tube" if video else "block")
-        self.mask_ratio = (0.9 if video else 0.75) if mask_ratio is None else mask_ratio
-        check_mask(self.mask_type, self.mask_ratio, self.spatial_dims)
-        self.loss_target = loss_target or ("videomae" if video else "mae")
+        check_mask(mask_type, mask_ratio, self.spatial_dims)  # no default here: the family's (registry.Family)
+        self.mask_type, self.mask_ratio = mask_type, mask_ratio
+        self.loss_target = loss_target or ("videomae" if self.spatial_dims == 3 else "mae")
         if self.loss_target not in LOSS_TARGETS:
             raise ValueError(f"loss_target: expected {'|'.join(LOSS_TARGETS)}, got {self.loss_target!r}")
         if len(input_mean) != self.in_chans or len(input_std) != self.in_chans:

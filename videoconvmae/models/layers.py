@@ -4,8 +4,7 @@ Layout: the convolutional stages keep activations channels-last, ``[N, *grid, C]
 (LayerNorm, the 1x1 "convs" conv1 / conv2, the MLP) is a ``nn.Linear`` / ``nn.LayerNorm`` on the last axis, so a
 visible-cell layout (models/sparse.py) runs it on gathered visible positions only; only the depthwise conv needs a
 grid (it sees a channels-first *view* of the same memory, which PyTorch convolves as channels_last without a copy).
-A layout object (``DenseLayout`` here, ``sparse.VisibleCells``) tells ``PatchEmbed`` / ``ConvBlock`` how to run
-their non-overlapping and depthwise convs on its tokens.
+The layouts (``DenseLayout`` here, ``sparse.VisibleCells``): ARCHITECTURE.md, models.
 The official checkpoints store the 1x1 convs as ``[C_out, C_in, 1, 1]`` conv weights; ``checkpoint.py``
 reshapes them.
 """

@@ -11,12 +11,9 @@ as tokens of the visible cells only (``VisibleCells``):
     stage 2: [N, K, 4, C2]       (2x2 stage-2 positions per cell)
     stage 3: [N, K, 1, C3]
 
-(the sub-divisions follow ``config.STAGE_STRIDES``). ``PatchEmbed``, ``ConvBlock`` and the fusion take the layout
-as an input (models/layers.py; ``DenseLayout`` is the every-position one): a non-overlapping conv runs as a Linear
-on the flattened windows of each cell, and the depthwise conv goes through a strategy chosen per level: on a
-zero-filled dense grid (hidden positions are exactly the zeros the masked conv makes, ``GridDepthwise``) or, when
-few positions are visible, at visible positions only, reading visible inputs only (``VisibleDepthwise``, no dense
-grid at all). Either way nothing changes at visible positions. The result equals the dense masked-convolution
+(the sub-divisions follow ``config.STAGE_STRIDES``). A non-overlapping conv runs as a Linear on the flattened
+windows of each cell; the depthwise conv runs on a zero-filled dense grid (``GridDepthwise``) or on visible taps
+only (``VisibleDepthwise``), chosen per level. The result equals the dense masked-convolution
 reference up to float rounding (conv vs. matmul accumulation order); tests/test_models_sparse.py checks loss,
 predictions and every parameter gradient. Video cells have one stage-1 time step (the tubelet is folded into the
 cube embed, stages 2-3 have temporal stride 1): 2D and 3D share all of this, only the grid rank differs.

@@ -34,13 +34,16 @@ def _decoded(path):
         return reader.get_frames(range(reader.num_frames)).astype(int)
 
 
-def _burn_cpu(seconds: float) -> None:
+def _burn_cpu(started, stop, max_seconds: float) -> None:
+    """Spin one core from ``started.release()`` until ``stop`` is set (at most ``max_seconds``)."""
     import time
 
-    end = time.perf_counter() + seconds
+    started.release()
+    end = time.perf_counter() + max_seconds
     x = 1.0
-    while time.perf_counter() < end:
-        x = (x * 1.0000001) % 7.0
+    while not stop.is_set() and time.perf_counter() < end:
+        for _ in range(10_000):
+            x = (x * 1.0000001) % 7.0
 
 
 # The rendering of this spec, hashed (synth.json's content_sha256). Integer and IEEE-exact numpy only, so it is
@@ -55,10 +58,19 @@ def test_the_same_dataset_on_any_machine_under_any_load(tmp_path):
     from videoconvmae.data.synth import SYNTH_FORMAT, decode_yuv420p
 
     a = write_synthetic_dataset(tmp_path / "a", seed=3, **TINY)
-    with get_context("spawn").Pool(2) as burners:
-        load = burners.map_async(_burn_cpu, [30.0, 30.0])
+    ctx = get_context("spawn")
+    started, stop = ctx.Semaphore(0), ctx.Event()
+    burners = [ctx.Process(target=_burn_cpu, args=(started, stop, 120.0)) for _ in range(2)]
+    for p in burners:
+        p.start()
+    try:
+        for _ in burners:  # both spin before the write starts, and until it is over
+            assert started.acquire(timeout=60), "a CPU burner did not start"
         b = write_synthetic_dataset(tmp_path / "b", seed=3, **TINY, workers=2)
-        load.wait()
+    finally:
+        stop.set()
+        for p in burners:
+            p.join(timeout=30)
     c = write_synthetic_dataset(tmp_path / "c", seed=4, **TINY)
     meta = [json.loads((root / "synth.json").read_text()) for root in (a, b, c)]
     assert meta[0]["format"] == SYNTH_FORMAT and meta[0]["content_sha256"] == meta[1]["content_sha256"]

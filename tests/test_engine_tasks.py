@@ -79,12 +79,12 @@ def test_image_pretrain_loss_falls_and_exports(image_pretrain):
 
 
 def test_video_pretrain_resumed_mid_epoch_is_bitwise_identical(synth_root, tmp_path):
-    extra = ["optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=3e-3", "data.num_workers=1"]
+    extra = ["optim.epochs=2", "optim.warmup_epochs=1", "optim.lr=3e-3", "data.num_workers=1"]  # 3 steps/epoch
     full = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "full", *extra))
     first = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "split", *extra, "train.max_steps=4"))
     assert first["step"] == 4 and load_checkpoint(first["checkpoint"])["epoch_position"] == 5  # mid-epoch 1
     second = run_task(video_cfg("pretrain_k400_tiny", synth_root, tmp_path / "split", *extra))
-    assert full["step"] == second["step"] == 9
+    assert full["step"] == second["step"] == 6
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(second["checkpoint"])
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -8,7 +8,6 @@ end-to-end tests further down run the real engine and eval on the synthetic data
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -30,20 +29,29 @@ cloudpickle.register_pickle_by_value(launch_toys)  # the job process has no test
 CPU_JOB = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "slurm.timeout_min=30"]
 
 
+# submitit waits this long for the result file of a job Slurm reports ended (a slow shared filesystem); a job
+# killed before writing one (cancelled, timed out too often) costs the whole wait. Here the jobs write to a
+# local disk: 2 s instead of submitit's 15.
+RESULTS_TIMEOUT_S = 2
+
+
+def use_local_results_timeout(env: pytest.MonkeyPatch) -> None:
+    import submitit.core.core
+
+    env.setattr(submitit.core.core.Job, "_results_timeout_s", RESULTS_TIMEOUT_S)
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"no local Slurm: {reason}")
     cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    yield cluster
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", str(cluster.conf))
+        use_local_results_timeout(env)
+        yield cluster
     cluster.stop()
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
 
 
 def _wait_for(predicate, timeout_s: float, what: str, interval: float = 0.3, job=None):

@@ -1,14 +1,13 @@
 """Finetuning from the tiny MAE pretrain beats the same finetune from the default random init, end to end through
 the engine on real synthetic video files (pretrain_k400_tiny -> finetune_k400_tiny twice: same recipe, budget,
 seed). A pipeline check, NOT proof that pretraining learned features: ``bench/transfer_grid.py --sabotage noise``
-(every pretrained tensor replaced by Gaussian noise of its own mean and std) passes it too (83.3% vs 16.7% at seed
-0), so at this size most of the gain is the weights' scale, not their content (README, "What the demo shows").
+(every pretrained tensor replaced by Gaussian noise of its own mean and std) passes it too, at every seed tried
+(README, "What the demo shows": at this budget the pretrain's loss is within 2% of an input-blind predictor).
 
-Bars from ``bench/transfer_grid.py`` over seeds x torch threads (1 and 2 threads reduce in other orders, as another
-CPU does), workers 2: pretrained 65.6 / 79.2 / 86.5% (min / median / max of 5 cells), random init
-16.7 / 33.3 / 44.8%, margin 34.4 / 48.9 / 53.2 points; chance 16.7%. Before ``clip_grad: 1.0`` in
-finetune_k400_tiny one pretrained finetune collapsed back to chance after reaching loss 0.96 (its residual stream
-grew until the pooled features were 97% constant).
+Bars from ``bench/transfer_grid.py`` on this code (1 thread, 2 workers, seeds 0-2): pretrained 74.0-80.2%, random
+init 16.7-44.8%, margin at least 35.4 points; chance 16.7%. Before ``clip_grad: 1.0`` in finetune_k400_tiny
+one pretrained finetune collapsed back to chance after reaching loss 0.96 (its residual stream grew until the
+pooled features were 97% constant).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ is the same on any machine for the same spec. RGB comes from the reader's yuv->r
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -39,6 +38,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from videoconvmae.artifacts import atomic_write, write_csv
 
 # (K400-style name, SSV2 template, translation direction (dy, dx) per frame unit, rotation sense)
 MOTIONS: tuple[tuple[str, str, tuple[float, float], int], ...] = (
@@ -274,11 +275,8 @@ def _k400_jobs(spec: SynthSpec, root: Path) -> list[tuple]:
             rows.append((names[motion], ytid, start, start + 10, split))
             lines.append(f"{split}/{name} {sorted_ids[names[motion]]}")
             jobs.append((spec, "k400", split, index, motion, str(root / split / name)))
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("label", "youtube_id", "time_start", "time_end", "split"))
-            writer.writerows(rows)
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        write_csv(root / f"{split}.csv", [("label", "youtube_id", "time_start", "time_end", "split"), *rows])
+        atomic_write(root / f"{split}.txt", "\n".join(lines) + "\n")
     return jobs
 
 
@@ -288,7 +286,7 @@ def _ssv2_jobs(spec: SynthSpec, root: Path) -> list[tuple]:
     # Official labels.json maps name -> id as a STRING; ids here follow alphabetical order like the release.
     label_ids = {name: str(i) for i, name in enumerate(sorted(names))}
     (root / "videos").mkdir(parents=True, exist_ok=True)
-    (root / "labels.json").write_text(json.dumps(label_ids, indent=1))
+    atomic_write(root / "labels.json", json.dumps(label_ids, indent=1))
     rng = np.random.default_rng([spec.seed, 20])
     total = sum(len(_split_items(spec, s)) for s in SPLITS)
     video_ids = rng.choice(np.arange(1, 10 * total + 1000), size=total, replace=False)
@@ -303,8 +301,8 @@ def _ssv2_jobs(spec: SynthSpec, root: Path) -> list[tuple]:
                             "template": templates[motion], "placeholders": [obj]})
             lines.append(f"{vid}.webm {label_ids[names[motion]]}")
             jobs.append((spec, "ssv2", split, index, motion, str(root / "videos" / f"{vid}.webm")))
-        (root / json_name).write_text(json.dumps(entries, indent=1))
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        atomic_write(root / json_name, json.dumps(entries, indent=1))
+        atomic_write(root / f"{split}.txt", "\n".join(lines) + "\n")
     return jobs
 
 
@@ -341,6 +339,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, seed: int = 0, **overrid
     else:
         hashes = [_write_clip(job) for job in clip_jobs] + [_write_image(job) for job in image_jobs]
     content = hashlib.sha256("".join(hashes).encode()).hexdigest()
-    (out / "synth.json").write_text(json.dumps({**asdict(spec), "format": SYNTH_FORMAT,
-                                                "content_sha256": content}, indent=1))
+    # written last and atomically: a synth.json that parses means every file above is complete
+    atomic_write(out / "synth.json", json.dumps({**asdict(spec), "format": SYNTH_FORMAT, "content_sha256": content},
+                                                indent=1))
     return out

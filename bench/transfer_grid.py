@@ -1,17 +1,19 @@
 """The transfer test's recipe over seeds x torch threads x loader workers: how robust is "pretraining transfers"?
 
-    .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 3 4 --threads 1 2 --workers 0 2 --out runs/transfer_grid
-    .venv/bin/python bench/transfer_grid.py --seeds 0 1 --threads 1 --workers 2 --sabotage noise
+    .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 3 4 --threads 1 2 --workers 2 --jobs 2
+    .venv/bin/python bench/transfer_grid.py --seeds 0 --threads 1 --workers 0 2     # workers must not matter
     .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 --threads 2 --workers 2 --pretrain-epochs 60 \
         --finetune-epochs 60       # the demo's (the presets') full budgets
 
-Each cell runs ``tests/test_engine_transfer.run_transfer`` (pretrain_k400_tiny -> finetune_k400_tiny from it and
-from random init, the test's budgets) in a fresh interpreter with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
-set: 1 and 2 threads reduce in other orders, the way another CPU's kernels do. Workers 0 and 2 must give the same
-numbers (the run is bitwise repeatable); the tool says so when they do not. ``--sabotage noise`` replaces every
-pretrained tensor by Gaussian noise of the same mean and std before finetuning: the test must then fail.
-Prints one row per cell, then min / median / max of both arms and of the margin, and whether every cell passes
-the test's bars. ``--jobs 2`` runs two cells at once (1 thread each is then the fair setting).
+Each cell runs ``tests/test_engine_transfer.run_transfer`` in a fresh interpreter with ``OMP_NUM_THREADS`` /
+``torch.set_num_threads`` set (1 and 2 threads reduce in other orders, the way another CPU's kernels do): one
+pretrain_k400_tiny, then finetune_k400_tiny three times at the test's budgets, from the pretrained weights, from
+``noise_like`` them (every tensor replaced by Gaussian noise of its own mean and std: the pretrain's scale without
+its content) and from the default init; then ``probe_transfer``, a linear probe on ``videoconvmae features`` of
+the frozen pretrained, initial (untrained) and noise encoders. The test compares the pretrained and random-init
+finetunes; the noise arm is the sabotage control (column "noise passes?": would the test's bars accept it?).
+Workers 0 and 2 must give the same numbers (the run is bitwise repeatable); the tool says so when they do not.
+``--jobs 2`` runs two cells at once (1 thread each is then the fair setting).
 """
 
 from __future__ import annotations
@@ -33,24 +35,18 @@ import json, sys, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from tests.test_engine_transfer import run_transfer
-corrupt = None
-if {sabotage!r} == "noise":
-    def corrupt(path):
-        state = torch.load(path, weights_only=True)
-        gen = torch.Generator().manual_seed(12345)
-        def noise(v):
-            return torch.randn(v.shape, generator=gen) * v.float().std().nan_to_num(0.02) + v.float().mean()
-        state["model"] = {{k: noise(v).to(v.dtype) if v.is_floating_point() else v for k, v in state["model"].items()}}
-        torch.save(state, path)
-print("CELL", json.dumps(run_transfer(Path({data!r}), Path({work!r}), seed={seed}, num_workers={workers},
-                                     corrupt_pretrained=corrupt, **{budgets!r})))
+from tests.test_engine_transfer import probe_transfer, run_transfer
+top1 = run_transfer(Path({data!r}), Path({work!r}), seed={seed}, num_workers={workers},
+                    arms=("pretrained", "noise", "random"), **{budgets!r})
+probe = probe_transfer(Path({data!r}), Path({work!r}), seed={seed}, num_workers={workers},
+                       arms=("pretrained", "initial", "noise"))
+print("CELL", json.dumps({{**top1, **{{"probe_" + k: v for k, v in probe.items()}}}}))
 """
 
 
-def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, sabotage: str, budgets: dict) -> dict:
-    code = CELL.format(threads=threads, root=str(ROOT), sabotage=sabotage, data=str(data), work=str(work),
-                       seed=seed, workers=workers, budgets=budgets)
+def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, budgets: dict) -> dict:
+    code = CELL.format(threads=threads, root=str(ROOT), data=str(data), work=str(work), seed=seed, workers=workers,
+                       budgets=budgets)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     work.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -71,8 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--sabotage", choices=["none", "noise"], default="none")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the test's (the demo: 60)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the test's (the demo: 60)")
@@ -85,27 +80,32 @@ def main() -> int:
         write_transfer_data(data)
     budgets = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("finetune_epochs", args.finetune_epochs))
                if v is not None}
-    tag = args.sabotage + "".join(f"_{k[0]}{v}" for k, v in budgets.items())
+    tag = "grid" + "".join(f"_{k[0]}{v}" for k, v in budgets.items())
     cells = [(s, t, w) for s in args.seeds for t in args.threads for w in args.workers]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda c: run_cell(data, out / f"{tag}_s{c[0]}_t{c[1]}_w{c[2]}", *c, args.sabotage,
-                                                budgets), cells))
-    print(f"{'seed':>4} {'threads':>7} {'workers':>7} {'pretrained':>10} {'random':>7} {'margin':>7}  test")
+        rows = list(pool.map(lambda c: run_cell(data, out / f"{tag}_s{c[0]}_t{c[1]}_w{c[2]}", *c, budgets), cells))
+    print(f"{'seed':>4} {'threads':>7} {'workers':>7} {'pretrained':>10} {'noise':>6} {'random':>7} {'margin':>7}"
+          "  test  noise passes?")
     for r in rows:
-        print(f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7} {r['pretrained']:>10.1f} {r['random']:>7.1f} "
-              f"{r['pretrained'] - r['random']:>7.1f}  {'pass' if transfer_holds(r) else 'FAIL'}")
-    margins = [r["pretrained"] - r["random"] for r in rows]
+        sabotaged = transfer_holds({"pretrained": r["noise"], "random": r["random"]})
+        print(f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7} {r['pretrained']:>10.1f} {r['noise']:>6.1f} "
+              f"{r['random']:>7.1f} {r['pretrained'] - r['random']:>7.1f}  {'pass' if transfer_holds(r) else 'FAIL'}"
+              f"  {'YES' if sabotaged else 'no'}")
     print(f"min / median / max  pretrained {spread([r['pretrained'] for r in rows])}   "
-          f"random {spread([r['random'] for r in rows])}   margin {spread(margins)}")
+          f"noise {spread([r['noise'] for r in rows])}   random {spread([r['random'] for r in rows])}   "
+          f"margin {spread([r['pretrained'] - r['random'] for r in rows])}")
+    for arm in ("pretrained", "initial", "noise"):
+        print(f"linear probe on `features` ({arm} encoder): {spread([r['probe_' + arm] for r in rows])}")
     print(f"bars: pretrained >= {MIN_PRETRAINED:.1f}, margin >= {MIN_MARGIN:.1f}; "
-          f"{sum(map(transfer_holds, rows))} of {len(rows)} cells pass")
+          f"{sum(map(transfer_holds, rows))} of {len(rows)} cells pass; the noise control passes in "
+          f"{sum(transfer_holds({'pretrained': r['noise'], 'random': r['random']}) for r in rows)}")
     by_run: dict[tuple, set] = {}
     for r in rows:
-        by_run.setdefault((r["seed"], r["threads"]), set()).add((r["pretrained"], r["random"]))
+        by_run.setdefault((r["seed"], r["threads"]), set()).add((r["pretrained"], r["noise"], r["random"]))
     differing = [k for k, v in by_run.items() if len(v) > 1]
     print("workers 0 vs 2: identical in every (seed, threads) pair" if not differing else
           f"workers 0 vs 2 DIFFER for (seed, threads) {differing}")
-    (out / f"grid_{tag}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"{tag}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

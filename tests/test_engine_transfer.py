@@ -15,10 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from videoconvmae.config import load_config
+from videoconvmae.cli import main
+from videoconvmae.config import from_dict, load_config
 from videoconvmae.data.synth import SynthSpec, write_synthetic_dataset
 from videoconvmae.engine.tasks import run_task
+from videoconvmae.eval.features import linear_probe, read_features
+from videoconvmae.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -41,25 +45,70 @@ def write_transfer_data(root: Path, workers: int = 2) -> Path:
     return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, workers=workers)
 
 
-def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, corrupt_pretrained=None,
-                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
-    """One pretrain and two finetunes -> ``{"pretrained": top-1 %, "random": top-1 %}``.
+def noise_like(weights: Path, out: Path, seed: int = 12345) -> Path:
+    """Every floating tensor of a weights.pt replaced by Gaussian noise of its own mean and std -> ``out``: the
+    pretrain's scale without its content (the control the test must fail on)."""
+    state = torch.load(weights, weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
 
-    ``corrupt_pretrained(path)`` may rewrite the pretrain's weights.pt before finetuning (the sabotage runs of
-    bench/transfer_grid.py: the test must fail when pretraining is broken).
+    def noise(v: torch.Tensor) -> torch.Tensor:
+        return torch.randn(v.shape, generator=gen) * v.float().std().nan_to_num(0.02) + v.float().mean()
+
+    state["model"] = {k: noise(v).to(v.dtype) if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, out)
+    return out
+
+
+def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, arms=("pretrained", "random"),
+                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
+    """One pretrain, then one finetune per arm -> ``{arm: val top-1 %}``, same recipe, budget and seed.
+
+    Arms: ``pretrained`` (the pretrain's weights.pt), ``random`` (the default init), ``noise`` (``noise_like`` the
+    pretrained weights: bench/transfer_grid.py's control).
     """
     common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
     pre_dir = work / "pretrain"
     run_task(load_config("pretrain_k400_tiny", _k400(root, pre_dir, f"optim.epochs={pretrain_epochs}", *common)))
-    if corrupt_pretrained is not None:
-        corrupt_pretrained(pre_dir / "weights.pt")
+    sources = {"pretrained": lambda: pre_dir / "weights.pt", "random": lambda: "",
+               "noise": lambda: noise_like(pre_dir / "weights.pt", work / "noise_weights.pt")}
     top1 = {}
-    for name, weights in (("pretrained", pre_dir / "weights.pt"), ("random", "")):
+    for name in arms:
         result = run_task(load_config("finetune_k400_tiny", _k400(
-            root, work / f"finetune_{name}", f"model.pretrained={weights}", f"optim.epochs={finetune_epochs}",
+            root, work / f"finetune_{name}", f"model.pretrained={sources[name]()}", f"optim.epochs={finetune_epochs}",
             f"train.eval_every_epochs={finetune_epochs}", *common)))
         assert result["status"] == "completed" and result["val_count"] == VAL_PER_CLASS * SynthSpec().num_classes
         top1[name] = result["val_acc1"]
+    return top1
+
+
+def initial_weights(weights: Path, out: Path, seed: int) -> Path:
+    """A weights.pt of the pretrain model as pretraining STARTS (a fresh init of its saved config) -> ``out``."""
+    state = torch.load(weights, weights_only=True)
+    torch.manual_seed(seed)
+    state["model"] = build_model(from_dict(state["config"]).model, "pretrain").state_dict()
+    torch.save(state, out)
+    return out
+
+
+def probe_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
+                   arms=("pretrained", "initial")) -> dict[str, float]:
+    """After ``run_transfer``: ``videoconvmae features`` of the train and val clips (one centre view) for each
+    arm's frozen encoder, then ``linear_probe`` -> ``{arm: val top-1 %}``. Arms: ``pretrained``, ``initial``
+    (``initial_weights``: the same encoder untrained), ``noise`` (``noise_like``)."""
+    pretrained = work / "pretrain" / "weights.pt"
+    sources = {"pretrained": lambda: pretrained, "initial": lambda: initial_weights(pretrained, work / "init.pt", seed),
+               "noise": lambda: noise_like(pretrained, work / "noise_weights.pt")}
+    top1 = {}
+    for name in arms:
+        weights, splits = sources[name](), []
+        for split in ("train", "val"):
+            out = work / f"features_{name}_{split}"
+            assert main(["features", str(weights), str(root / "k400" / f"{split}.csv"), "--out", str(out),
+                         "eval.num_temporal_views=1", "eval.num_spatial_views=1", f"data.num_workers={num_workers}",
+                         "train.progress=false"]) == 0
+            feats, rows = read_features(out)
+            splits.append((feats, [int(r["label"]) for r in rows]))
+        top1[name] = linear_probe(*splits)
     return top1
 
 

@@ -11,7 +11,7 @@ from videoconvmae.config import load_config, to_dict
 from videoconvmae.data.records import load_records
 from videoconvmae.data.transforms import normalize
 from videoconvmae.data.views import ViewsDataset
-from videoconvmae.eval.features import read_features
+from videoconvmae.eval.features import linear_probe, read_features
 from videoconvmae.eval.multiview import view_spec
 from videoconvmae.models import build_model
 
@@ -95,3 +95,28 @@ def test_weights_that_do_not_fit_are_one_line(pretrain_weights, synth_root, tmp_
     assert err.startswith("error: features:") and "blocks3.0.attn.qkv.weight" in err and "\n" not in err
     with open(synth_root / "k400" / "val.csv") as f:
         assert len(list(csv.reader(f))) >= 10
+
+
+def _blobs(rng, n, centres, noise=1.0):
+    labels = rng.integers(0, len(centres), n)
+    return centres[labels] + noise * rng.normal(size=(n, centres.shape[1])), labels
+
+
+def test_linear_probe_reads_a_linear_signal_and_not_a_missing_one():
+    rng = np.random.default_rng(0)
+    centres = 3.0 * rng.normal(size=(4, 16))
+    centres[:, 1:] += 40.0  # a large offset shared by every class: the probe standardises it away
+    train, val = _blobs(rng, 200, centres), _blobs(rng, 100, centres)
+    assert linear_probe(train, val) >= 95.0
+    # labels unrelated to the features: held-out accuracy near chance (25%), far from the fit above
+    assert linear_probe((train[0], rng.integers(0, 4, 200)), (val[0], rng.integers(0, 4, 100))) <= 45.0
+    # deterministic: the same numbers give the same accuracy
+    assert linear_probe(train, val) == linear_probe(train, val)
+
+
+def test_linear_probe_rejects_mismatched_inputs_in_one_line():
+    x, y = np.zeros((10, 4)), np.zeros(10, dtype=int)
+    with pytest.raises(ValueError, match=r"linear_probe: expected train / val features \[N, C\]"):
+        linear_probe((x, y), (np.zeros((5, 3)), np.zeros(5, dtype=int)))
+    with pytest.raises(ValueError, match="linear_probe"):
+        linear_probe((x, y[:9]), (x, y))

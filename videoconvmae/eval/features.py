@@ -101,3 +101,36 @@ def read_features(folder: str | Path) -> tuple[np.ndarray, list[dict]]:
     with open(folder / INDEX_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     return np.load(folder / FEATURES_NPY), rows
+
+
+def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], l2: float = 1e-3,
+                 max_iter: int = 500) -> float:
+    """Val top-1 % of a multinomial logistic regression on frozen features: ``train`` / ``val`` are
+    (features [N, C], labels [N]) as ``read_features`` gives them; features standardised with the train mean / std,
+    ``l2`` * ||W||^2 added to the mean cross-entropy, full-batch L-BFGS in float64 (deterministic, no lr to tune).
+
+    The quick probe of a ``features`` output; the SGD probe with MAE's recipe (BatchNorm, LARS) is ``linprobe``.
+    """
+    (x, y), (xv, yv) = train, val
+    x, xv = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (x, xv))
+    y, yv = (torch.as_tensor(np.asarray(a), dtype=torch.long) for a in (y, yv))
+    if x.ndim != 2 or xv.ndim != 2 or x.shape[1] != xv.shape[1] or len(x) != len(y) or len(xv) != len(yv):
+        raise ValueError(f"linear_probe: expected train / val features [N, C] with one label each, got "
+                         f"{list(x.shape)} / {list(xv.shape)} features and {len(y)} / {len(yv)} labels")
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, xv = (x - mean) / std, (xv - mean) / std
+    num_classes = int(max(y.max(), yv.max())) + 1
+    weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return 100.0 * float(((xv @ weight + bias).argmax(1) == yv).double().mean())
+

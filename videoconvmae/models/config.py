@@ -45,7 +45,7 @@ class ModelConfig:
     arch: str = "videoconvmae_tiny"  # registry family, e.g. convmae_base; the task appends _pretrain / _cls
     mask_type: str | None = None  # block | tube | random; None = block for images, tube for video
     mask_ratio: float | None = None  # fraction of stage-3 tokens hidden; None = 0.75 image / 0.9 video
-    loss_target: str | None = None  # videomae | mae | pixel (see models/convmae.py); None = videomae video, mae image
+    loss_target: str | None = None  # videomae | mae | pixel (models/convmae.py); None = videomae video, mae image
     multiscale_decoder: bool = True  # fuse stride-4 / stride-2 convs of stages 1-2 into stage 3 (Eq. 1)
     sparse_stages: bool = True  # run conv stages on visible stage-3 cells only (exact; dense is the reference)
     tubelet: int | None = None  # temporal size of the cube embed; None = arch default (2)

@@ -271,7 +271,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
     """
 
     def __init__(self, *, mask_type: str, mask_ratio: float, decoder_dim: int = 512, decoder_depth: int = 8,
-                 decoder_heads: int = 16, decoder_mlp_ratio: float = 4.0, loss_target: str | None = None,
+                 decoder_heads: int = 16, decoder_mlp_ratio: float = 4.0, loss_target: str,
                  multiscale_decoder: bool = True, sparse_stages: bool = True,
                  input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
                  **encoder_kwargs):
@@ -279,7 +279,7 @@ class ConvMAEPretrain(ConvMAEEncoder):
         self.sparse_stages = sparse_stages  # exact: same numerics as the dense reference, less work
         check_mask(mask_type, mask_ratio, self.spatial_dims)  # no default here: the family's (registry.Family)
         self.mask_type, self.mask_ratio = mask_type, mask_ratio
-        self.loss_target = loss_target or ("videomae" if self.spatial_dims == 3 else "mae")
+        self.loss_target = loss_target  # no default here either: the family's (registry.Family)
         if self.loss_target not in LOSS_TARGETS:
             raise ValueError(f"loss_target: expected {'|'.join(LOSS_TARGETS)}, got {self.loss_target!r}")
         if len(input_mean) != self.in_chans or len(input_std) != self.in_chans:

@@ -62,6 +62,10 @@ class Family:
     def mask_ratio(self) -> float:  # VideoMAE's 90% / ConvMAE's 75%
         return 0.9 if self.spatial_dims == 3 else 0.75
 
+    @property
+    def loss_target(self) -> str:  # VideoMAE's per-channel normalised target / ConvMAE's norm_pix_loss
+        return "videomae" if self.spatial_dims == 3 else "mae"
+
 
 IMAGE_DECODER = (8, 512, 16)  # the official ConvMAE decoder
 # VideoMAE's decoders (modeling_pretrain.py pretrain_videomae_{small,base,large}_patch16_224; depth 4 as its
@@ -106,7 +110,7 @@ def create_model(name: str, **overrides) -> nn.Module:
     if suffix == "pretrain":
         depth, dim, heads = family.decoder
         kw.update(decoder_depth=depth, decoder_dim=dim, decoder_heads=heads, mask_type=family.mask_type,
-                  mask_ratio=family.mask_ratio)
+                  mask_ratio=family.mask_ratio, loss_target=family.loss_target)
         cls: Callable[..., nn.Module] = ConvMAEPretrain
     else:
         cls = ConvMAEClassifier
@@ -144,10 +148,9 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
         if model_cfg.pos_embed == "learnable":
             raise ValueError("model.pos_embed: pretraining uses the fixed sin-cos table (ConvMAE, VideoMAE); "
                              "'learnable' applies to finetune / linprobe")
-        overrides.update(loss_target=model_cfg.loss_target, multiscale_decoder=model_cfg.multiscale_decoder,
-                         sparse_stages=model_cfg.sparse_stages)
-        overrides.update({k: v for k, v in (("mask_type", model_cfg.mask_type), ("mask_ratio", model_cfg.mask_ratio))
-                          if v is not None})  # None: the family's default
+        overrides.update(multiscale_decoder=model_cfg.multiscale_decoder, sparse_stages=model_cfg.sparse_stages)
+        overrides.update({k: v for k, v in (("mask_type", model_cfg.mask_type), ("mask_ratio", model_cfg.mask_ratio),
+                                            ("loss_target", model_cfg.loss_target)) if v is not None})  # None: Family
         if input_norm is not None:
             overrides.update(input_mean=tuple(input_norm[0]), input_std=tuple(input_norm[1]))
         model = create_model(f"{model_cfg.arch}_pretrain", **overrides)

@@ -190,6 +190,25 @@ class LocalSlurm:
                 continue
         return found
 
+    def job_processes(self, job_id: str) -> list[int]:
+        """Processes still running for job ``job_id`` of THIS cluster (``ID`` or array task ``ID_TASK``): a
+        requeued job reads PENDING while its previous attempt is still exiting."""
+        array_id, _, task = str(job_id).partition("_")
+        wanted = ([f"SLURM_ARRAY_JOB_ID={array_id}", f"SLURM_ARRAY_TASK_ID={task}"] if task
+                  else [f"SLURM_JOB_ID={job_id}"])
+        wanted = [f"{w}\0".encode() for w in (*wanted, f"SLURM_CONF={self.conf}")]
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                environ = b"\0" + (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if all(b"\0" + w in environ for w in wanted):
+                found.append(int(proc.name))
+        return found
+
     def status(self) -> dict[str, bool]:
         return {name: self._alive(name) for name in self.pid_files()}
 

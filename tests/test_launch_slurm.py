@@ -73,9 +73,10 @@ def _squeue_state(cluster: LocalSlurm, job_id: str) -> str:
 
 
 def _release_if_requeued(cluster: LocalSlurm, job_id: str) -> bool:
-    """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again."""
-    if _squeue_state(cluster, job_id) == "PENDING":
-        time.sleep(3)  # let the previous attempt's steps finish first (the 130 s BeginTime guarantees it normally)
+    """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again and its
+    previous attempt has exited (PENDING shows while it still runs `scontrol requeue`; the 130 s BeginTime
+    guarantees it normally, and a run started beside it would find its run lock held)."""
+    if _squeue_state(cluster, job_id) == "PENDING" and not cluster.job_processes(job_id):
         cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return True
     return False

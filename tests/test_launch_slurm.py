@@ -46,9 +46,14 @@ def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"no local Slurm: {reason}")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    with pytest.MonkeyPatch.context() as env:
+    # Up to 4 jobs share a CPU: the eval array (eval_array_jobs) runs beside the plumbing tests, whose toy jobs
+    # mostly sleep, instead of holding both CPUs until they start.
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), share_cpus=4).start()
+    with pytest.MonkeyPatch.context() as env:  # jobs get this environment (sbatch --export=ALL)
         env.setenv("SLURM_CONF", str(cluster.conf))
+        # One intra-op thread per job: jobs run side by side on the 2 cores, and an OpenMP team whose threads wait
+        # for a core at every parallel region made a 24-step pretrain several times slower.
+        env.setenv("OMP_NUM_THREADS", "1")
         use_local_results_timeout(env)
         yield cluster
     cluster.stop()
@@ -192,6 +197,38 @@ def _steps_logged(output_dir: Path) -> int:
     return max(steps, default=0)
 
 
+@pytest.fixture(scope="module")
+def eval_array_jobs(slurm, synth_root, tmp_path_factory):
+    """One eval of a random finetune model, submitted as a single job and as an array of 3 shards + merge:
+    (folder, single launch, array launch). CPU-bound for a while; submitted as the module starts (below)."""
+    import torch
+
+    from videoconvmae.config import load_config, to_dict
+    from videoconvmae.models import build_model
+
+    tmp_path = tmp_path_factory.mktemp("eval_array")
+    base = _tiny(synth_root, tmp_path / "run", "eval.num_temporal_views=2", "eval.num_spatial_views=2",
+                 f"slurm.registry={tmp_path / 'jobs.jsonl'}")
+    cfg = load_config("finetune_k400_tiny", [*base, "model.pretrained=''", "model.drop_path_rate=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, "finetune", 5)
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
+    eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
+
+    single = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
+    arrayed = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
+                                                     "slurm.array=3"])
+    return tmp_path, single, arrayed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eval_array_first(request):
+    """Submit the eval array when the module starts (when its test is selected): its test collects the results."""
+    if any(item.originalname == "test_eval_array_of_three_plus_merge_equals_the_single_eval"
+           for item in request.session.items):
+        request.getfixturevalue("eval_array_jobs")
+
+
 def test_tiny_pretrain_launched_from_the_cli_completes_and_its_checkpoint_loads(slurm, synth_root, tmp_path,
                                                                                  capsys):
     import torch
@@ -244,44 +281,6 @@ def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm,
     assert not different, f"resumed run differs from the uninterrupted one in {different[:5]}"
 
 
-def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root, tmp_path):
-    import numpy as np
-    import torch
-
-    from videoconvmae.config import load_config, to_dict
-    from videoconvmae.eval.metrics import load_predictions
-    from videoconvmae.models import build_model
-
-    base = _tiny(synth_root, tmp_path / "run", "eval.num_temporal_views=2", "eval.num_spatial_views=2",
-                 f"slurm.registry={tmp_path / 'jobs.jsonl'}")
-    cfg = load_config("finetune_k400_tiny", [*base, "model.pretrained=''", "model.drop_path_rate=0"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, "finetune", 5)
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
-    eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
-
-    single = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
-    arrayed = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
-                                                     "slurm.array=3"])
-    shard_ids = [str(j.job_id) for j in arrayed.jobs]
-    array_id = shard_ids[0].split("_")[0]
-    assert shard_ids == [f"{array_id}_{i}" for i in range(3)]
-    submission = Path(arrayed.merge.paths.submission_file).read_text()
-    assert f"--dependency=afterok:{array_id}" in submission
-
-    full, merged = single.jobs[0].result(), arrayed.merge.result()
-    for key in ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable"):
-        assert merged[key] == full[key], key
-    assert merged["num_evaluated"] == 10
-    assert sorted(p.name for p in (tmp_path / "array").iterdir() if p.name.startswith("shard-")) == [
-        "shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
-    a_ids, a_labels, a_scores = load_predictions(tmp_path / "single" / "predictions.npz")
-    b_ids, b_labels, b_scores = load_predictions(tmp_path / "array" / "predictions.npz")
-    order = [b_ids.index(v) for v in a_ids]
-    assert np.array_equal(a_labels, b_labels[order])
-    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)
-
-
 def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm, tmp_path, capsys):
     # With a 1-minute limit every signal counts as a time-out (submitit: ran >= min(0.8 x limit, limit - 10 min)).
     launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
@@ -330,3 +329,28 @@ def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
     _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
     result = job_result(job)
     assert result["starts"] == 2 and "nothing to save; requeueing now" in Path(job.paths.stdout).read_text()
+
+
+def test_eval_array_of_three_plus_merge_equals_the_single_eval(eval_array_jobs):
+    import numpy as np
+
+    from videoconvmae.eval.metrics import load_predictions
+
+    tmp_path, single, arrayed = eval_array_jobs
+    shard_ids = [str(j.job_id) for j in arrayed.jobs]
+    array_id = shard_ids[0].split("_")[0]
+    assert shard_ids == [f"{array_id}_{i}" for i in range(3)]
+    submission = Path(arrayed.merge.paths.submission_file).read_text()
+    assert f"--dependency=afterok:{array_id}" in submission
+
+    full, merged = single.jobs[0].result(), arrayed.merge.result()
+    for key in ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable"):
+        assert merged[key] == full[key], key
+    assert merged["num_evaluated"] == 10
+    assert sorted(p.name for p in (tmp_path / "array").iterdir() if p.name.startswith("shard-")) == [
+        "shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
+    a_ids, a_labels, a_scores = load_predictions(tmp_path / "single" / "predictions.npz")
+    b_ids, b_labels, b_scores = load_predictions(tmp_path / "array" / "predictions.npz")
+    order = [b_ids.index(v) for v in a_ids]
+    assert np.array_equal(a_labels, b_labels[order])
+    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)

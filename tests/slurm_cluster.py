@@ -192,21 +192,24 @@ class LocalSlurm:
         return found
 
     def job_processes(self, job_id: str) -> list[int]:
-        """Processes still running for job ``job_id`` of THIS cluster (``ID`` or array task ``ID_TASK``): a
-        requeued job reads PENDING while its previous attempt is still exiting."""
+        """Processes still running for job ``job_id`` of THIS cluster (``ID`` or array task ``ID_TASK``): its
+        tasks and their slurmstepd. A requeued job reads PENDING while its previous attempt is still exiting."""
         array_id, _, task = str(job_id).partition("_")
         wanted = ([f"SLURM_ARRAY_JOB_ID={array_id}", f"SLURM_ARRAY_TASK_ID={task}"] if task
                   else [f"SLURM_JOB_ID={job_id}"])
-        wanted = [f"{w}\0".encode() for w in (*wanted, f"SLURM_CONF={self.conf}")]
+        wanted = [f"\0{w}\0".encode() for w in wanted]
+        mine = f"\0SLURM_CONF={self.conf}\0".encode()
+        stepd = f"slurmstepd: [{array_id}.".encode()  # its title names the job's own id (an array task's too)
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
                 environ = b"\0" + (proc / "environ").read_bytes()
+                cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if all(b"\0" + w in environ for w in wanted):
+            if mine in environ and (all(w in environ for w in wanted) or (not task and cmdline.startswith(stepd))):
                 found.append(int(proc.name))
         return found
 

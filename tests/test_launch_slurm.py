@@ -33,12 +33,17 @@ CPU_JOB = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "
 # killed before writing one (cancelled, timed out too often) costs the whole wait. Here the jobs write to a
 # local disk: 2 s instead of submitit's 15.
 RESULTS_TIMEOUT_S = 2
+# submitit asks sacct about a job without a result file at most every half of the newest job's age (up to 10 min),
+# sparing a shared slurmdbd; this one is local and idle: every 2 s (the back-off's own minimum).
+SACCT_EVERY_S = 2
 
 
-def use_local_results_timeout(env: pytest.MonkeyPatch) -> None:
+def use_local_polling(env: pytest.MonkeyPatch) -> None:
+    import submitit
     import submitit.core.core
 
     env.setattr(submitit.core.core.Job, "_results_timeout_s", RESULTS_TIMEOUT_S)
+    env.setattr(submitit.SlurmJob.watcher, "_delay_s", SACCT_EVERY_S)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def slurm(tmp_path_factory):
         # One intra-op thread per job: jobs run side by side on the 2 cores, and an OpenMP team whose threads wait
         # for a core at every parallel region made a 24-step pretrain several times slower.
         env.setenv("OMP_NUM_THREADS", "1")
-        use_local_results_timeout(env)
+        use_local_polling(env)
         yield cluster
     cluster.stop()
 

@@ -95,10 +95,11 @@ class SlurmStartError(RuntimeError):
 class LocalSlurm:
     """One Slurm cluster of ``nodes`` nodes living in ``root`` (1: node ``localhost``; more: ``n1``, ``n2``, ...)."""
 
-    def __init__(self, root: str | os.PathLike, nodes: int = 1):
+    def __init__(self, root: str | os.PathLike, nodes: int = 1, share_cpus: int = 1):
         if not 1 <= nodes <= 9:
             raise ValueError(f"nodes: expected 1..9 (loopback addresses 127.0.0.2..10), got {nodes}")
         self.nodes = nodes
+        self.share_cpus = share_cpus  # > 1: up to this many jobs share each CPU (the partition's OverSubscribe=FORCE)
         self.node_names = ["localhost"] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.root = Path(root).resolve()
         self.conf = self.root / "etc" / "slurm.conf"
@@ -190,6 +191,28 @@ class LocalSlurm:
                 continue
         return found
 
+    def job_processes(self, job_id: str) -> list[int]:
+        """Processes still running for job ``job_id`` of THIS cluster (``ID`` or array task ``ID_TASK``): its
+        tasks and their slurmstepd. A requeued job reads PENDING while its previous attempt is still exiting."""
+        array_id, _, task = str(job_id).partition("_")
+        wanted = ([f"SLURM_ARRAY_JOB_ID={array_id}", f"SLURM_ARRAY_TASK_ID={task}"] if task
+                  else [f"SLURM_JOB_ID={job_id}"])
+        wanted = [f"\0{w}\0".encode() for w in wanted]
+        mine = f"\0SLURM_CONF={self.conf}\0".encode()
+        stepd = f"slurmstepd: [{array_id}.".encode()  # its title names the job's own id (an array task's too)
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                environ = b"\0" + (proc / "environ").read_bytes()
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if mine in environ and (all(w in environ for w in wanted) or (not task and cmdline.startswith(stepd))):
+                found.append(int(proc.name))
+        return found
+
     def status(self) -> dict[str, bool]:
         return {name: self._alive(name) for name in self.pid_files()}
 
@@ -241,15 +264,19 @@ class LocalSlurm:
             return [f"SlurmdPort={slurmd_ports[0]}", f"SlurmdSpoolDir={r}/spool", f"SlurmdPidFile={run}/slurmd.pid",
                     f"SlurmdLogFile={log}/slurmd.log",
                     f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
-                    "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"]
+                    "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP" + self._sharing()]
         # Every node claims all cores (Slurm drains a node that declares more than it has); memory is split.
         lines = [f"SlurmdPort={slurmd_ports[0]}", f"SlurmdSpoolDir={r}/spool/%n", f"SlurmdPidFile={run}/slurmd-%n.pid",
                  f"SlurmdLogFile={log}/slurmd-%n.log"]
         for i, (node, port) in enumerate(zip(self.node_names, slurmd_ports)):
             lines.append(f"NodeName={node} NodeAddr=127.0.0.{i + 2} NodeHostname={node} Port={port} CPUs={cpus} "
                          f"RealMemory={max(1000, mem_mb // self.nodes)} State=UNKNOWN")
-        lines.append(f"PartitionName=debug Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE State=UP")
+        lines.append(f"PartitionName=debug Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE State=UP"
+                     + self._sharing())
         return lines
+
+    def _sharing(self) -> str:
+        return f" OverSubscribe=FORCE:{self.share_cpus}" if self.share_cpus > 1 else ""
 
     def _write_confs(self, ctld_port: int, slurmd_ports: list[int], dbd_port: int, db_port: int) -> None:
         r, log, run = self.root, self.log_dir, self.run_dir

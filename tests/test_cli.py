@@ -59,6 +59,30 @@ def test_config_show_doc_prints_every_key_with_type_and_meaning(capsys):
     assert sum(1 for line in lines if "#" in line) == len(lines)
 
 
+# The commands that train, evaluate or build a model need these; help, config, jobs and --sbatch do not, and every
+# command start (each subprocess and Slurm job of the suite) paid several seconds for them while they loaded.
+HEAVY_MODULES = ("torch", "torchvision", "timm", "av", "decord", "torchcodec", "matplotlib", "tensorboard")
+IMPORTED_HEAVY = """
+import sys
+from videoconvmae.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("loaded:", *sorted(m for m in {heavy} if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["config", "show", "pretrain_k400_tiny"], ["pretrain", "--help"],
+                                  ["launch", "pretrain", "pretrain_k400_tiny", "--sbatch"]])
+def test_commands_that_need_no_model_load_no_torch(argv):
+    code = IMPORTED_HEAVY.format(heavy=HEAVY_MODULES)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout, done.stderr
+    (loaded,) = [line for line in done.stderr.splitlines() if line.startswith("loaded:")]
+    assert loaded == "loaded:", done.stderr
+
+
 def test_models_piped_into_head_exits_quietly():
     done = subprocess.run(f"{sys.executable} -m videoconvmae models --params | head -1; exit ${{PIPESTATUS[0]}}",
                           shell=True, executable="/bin/bash", capture_output=True, text=True)

@@ -82,24 +82,42 @@ def test_auto_resume_into_an_incompatible_checkpoint_is_one_line(synth_root, tmp
         assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_at_the_next_step_and_exits_cleanly(synth_root, tmp_path, sig):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "videoconvmae", "pretrain", "pretrain_in1k_tiny",
-           *image_args(synth_root, out, "optim.epochs=500", "data.num_workers=1", "train.ckpt_every_steps=10000")]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def long_runs(synth_root, tmp_path_factory):
+    """One long pretrain process per signal, all started at once (each start is seconds of imports): sig ->
+    (process, output folder). Whatever a test leaves running is killed at the end of the module."""
+    runs = {}
+    for sig in SIGNALS:
+        out = tmp_path_factory.mktemp(f"signal_{sig.name}") / "run"
+        cmd = [sys.executable, "-m", "videoconvmae", "pretrain", "pretrain_in1k_tiny",
+               *image_args(synth_root, out, "optim.epochs=500", "data.num_workers=1", "train.ckpt_every_steps=10000")]
+        with open(out.parent / "stdout", "w") as stdout, open(out.parent / "stderr", "w") as stderr:  # no pipe to fill
+            runs[sig] = subprocess.Popen(cmd, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True), out
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_saves_at_the_next_step_and_exits_cleanly(long_runs, sig):
+    proc, out = long_runs[sig]
     deadline = time.monotonic() + 240
     metrics = out / "metrics.jsonl"
     while not (metrics.is_file() and any('"step": 2' in line for line in metrics.read_text().splitlines())
                and '"event"' not in metrics.read_text().splitlines()[-1]):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        assert proc.poll() is None and time.monotonic() < deadline, (out.parent / "stderr").read_text()[-3000:]
         time.sleep(0.2)
     if sig == signal.SIGINT:  # Ctrl-C in a terminal: the whole process group, DataLoader workers included
         os.killpg(proc.pid, sig)
     else:  # `kill PID`: the main process only
         proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=240)
+    proc.wait(timeout=240)
+    stdout, stderr = (out.parent / "stdout").read_text(), (out.parent / "stderr").read_text()
     assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr and f"stopped by {sig.name} at step" in stderr
     result = json.loads(stdout.strip().splitlines()[-1])

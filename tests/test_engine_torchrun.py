@@ -31,18 +31,31 @@ def pretrain_args(synth, out, batch):
             "train.resume=none"]
 
 
-def run(cmd):
+def run(*cmds: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run the commands side by side (each process pays seconds of imports; one intra-op thread each, so running
+    them together changes no number) and return them once all have succeeded."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "always"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for cmd in cmds]
+    done = []
+    try:
+        for cmd, proc in zip(cmds, procs):
+            stdout, stderr = proc.communicate(timeout=600)
+            done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for d in done:
+        assert d.returncode == 0, d.stderr[-3000:]
     return done
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_print_once(synth_root, tmp_path):
-    one = run([sys.executable, "-m", "videoconvmae", *pretrain_args(synth_root, tmp_path / "one", 4)])
-    two = run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-               str(free_port()), "-m", "videoconvmae", *pretrain_args(synth_root, tmp_path / "two", 2)])
+    one, two = run([sys.executable, "-m", "videoconvmae", *pretrain_args(synth_root, tmp_path / "one", 4)],
+                   [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                    str(free_port()), "-m", "videoconvmae", *pretrain_args(synth_root, tmp_path / "two", 2)])
     results = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1 and results[0]["step"] == 3 and results[0]["status"] == "completed", two.stdout
     assert json.loads(one.stdout.splitlines()[-1])["effective_batch"] == results[0]["effective_batch"] == 4
@@ -58,5 +71,5 @@ def test_torchrun_two_processes_match_one_process_and_print_once(synth_root, tmp
 
 
 def test_python_dash_m_runs_the_cli():
-    done = run([sys.executable, "-m", "videoconvmae", "models", "--filter", "videoconvmae_tiny"])
+    (done,) = run([sys.executable, "-m", "videoconvmae", "models", "--filter", "videoconvmae_tiny"])
     assert done.stdout.split() == ["videoconvmae_tiny_cls", "videoconvmae_tiny_pretrain"]

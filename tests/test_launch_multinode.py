@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from slurm_cluster import LocalSlurm, unavailable_reason
-from test_launch_slurm import _release_if_requeued, _steps_logged, _tiny, _wait_for, use_local_results_timeout
+from test_launch_slurm import _release_if_requeued, _steps_logged, _tiny, _wait_for, use_local_polling
 
 from videoconvmae.launch.cli import launch_task
 from videoconvmae.launch.job import job_result
@@ -46,7 +46,7 @@ def slurm2(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SLURM_CONF", str(cluster.conf))
         env.setenv("OMP_NUM_THREADS", "1")
-        use_local_results_timeout(env)
+        use_local_polling(env)
         yield cluster
     cluster.stop()
 

@@ -33,12 +33,17 @@ CPU_JOB = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "
 # killed before writing one (cancelled, timed out too often) costs the whole wait. Here the jobs write to a
 # local disk: 2 s instead of submitit's 15.
 RESULTS_TIMEOUT_S = 2
+# submitit asks sacct about a job without a result file at most every half of the newest job's age (up to 10 min),
+# sparing a shared slurmdbd; this one is local and idle: every 2 s (the back-off's own minimum).
+SACCT_EVERY_S = 2
 
 
-def use_local_results_timeout(env: pytest.MonkeyPatch) -> None:
+def use_local_polling(env: pytest.MonkeyPatch) -> None:
+    import submitit
     import submitit.core.core
 
     env.setattr(submitit.core.core.Job, "_results_timeout_s", RESULTS_TIMEOUT_S)
+    env.setattr(submitit.SlurmJob.watcher, "_delay_s", SACCT_EVERY_S)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +51,15 @@ def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"no local Slurm: {reason}")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    with pytest.MonkeyPatch.context() as env:
+    # Up to 4 jobs share a CPU: the eval array (eval_array_jobs) runs beside the plumbing tests, whose toy jobs
+    # mostly sleep, instead of holding both CPUs until they start.
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), share_cpus=4).start()
+    with pytest.MonkeyPatch.context() as env:  # jobs get this environment (sbatch --export=ALL)
         env.setenv("SLURM_CONF", str(cluster.conf))
-        use_local_results_timeout(env)
+        # One intra-op thread per job: jobs run side by side on the 2 cores, and an OpenMP team whose threads wait
+        # for a core at every parallel region made a 24-step pretrain several times slower.
+        env.setenv("OMP_NUM_THREADS", "1")
+        use_local_polling(env)
         yield cluster
     cluster.stop()
 
@@ -73,9 +83,10 @@ def _squeue_state(cluster: LocalSlurm, job_id: str) -> str:
 
 
 def _release_if_requeued(cluster: LocalSlurm, job_id: str) -> bool:
-    """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again."""
-    if _squeue_state(cluster, job_id) == "PENDING":
-        time.sleep(3)  # let the previous attempt's steps finish first (the 130 s BeginTime guarantees it normally)
+    """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again and its
+    previous attempt has exited (PENDING shows while it still runs `scontrol requeue`; the 130 s BeginTime
+    guarantees it normally, and a run started beside it would find its run lock held)."""
+    if _squeue_state(cluster, job_id) == "PENDING" and not cluster.job_processes(job_id):
         cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return True
     return False
@@ -191,6 +202,38 @@ def _steps_logged(output_dir: Path) -> int:
     return max(steps, default=0)
 
 
+@pytest.fixture(scope="module")
+def eval_array_jobs(slurm, synth_root, tmp_path_factory):
+    """One eval of a random finetune model, submitted as a single job and as an array of 3 shards + merge:
+    (folder, single launch, array launch). CPU-bound for a while; submitted as the module starts (below)."""
+    import torch
+
+    from videoconvmae.config import load_config, to_dict
+    from videoconvmae.models import build_model
+
+    tmp_path = tmp_path_factory.mktemp("eval_array")
+    base = _tiny(synth_root, tmp_path / "run", "eval.num_temporal_views=2", "eval.num_spatial_views=2",
+                 f"slurm.registry={tmp_path / 'jobs.jsonl'}")
+    cfg = load_config("finetune_k400_tiny", [*base, "model.pretrained=''", "model.drop_path_rate=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, "finetune", 5)
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
+    eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
+
+    single = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
+    arrayed = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
+                                                     "slurm.array=3"])
+    return tmp_path, single, arrayed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eval_array_first(request):
+    """Submit the eval array when the module starts (when its test is selected): its test collects the results."""
+    if any(item.originalname == "test_eval_array_of_three_plus_merge_equals_the_single_eval"
+           for item in request.session.items):
+        request.getfixturevalue("eval_array_jobs")
+
+
 def test_tiny_pretrain_launched_from_the_cli_completes_and_its_checkpoint_loads(slurm, synth_root, tmp_path,
                                                                                  capsys):
     import torch
@@ -243,44 +286,6 @@ def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm,
     assert not different, f"resumed run differs from the uninterrupted one in {different[:5]}"
 
 
-def test_eval_array_of_three_plus_merge_equals_the_single_eval(slurm, synth_root, tmp_path):
-    import numpy as np
-    import torch
-
-    from videoconvmae.config import load_config, to_dict
-    from videoconvmae.eval.metrics import load_predictions
-    from videoconvmae.models import build_model
-
-    base = _tiny(synth_root, tmp_path / "run", "eval.num_temporal_views=2", "eval.num_spatial_views=2",
-                 f"slurm.registry={tmp_path / 'jobs.jsonl'}")
-    cfg = load_config("finetune_k400_tiny", [*base, "model.pretrained=''", "model.drop_path_rate=0"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, "finetune", 5)
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, tmp_path / "weights.pt")
-    eval_args = [*base, f"eval.checkpoint={tmp_path / 'weights.pt'}", "model.pretrained=''"]
-
-    single = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'single'}"])
-    arrayed = launch_task("eval", "finetune_k400_tiny", [*eval_args, f"eval.out_dir={tmp_path / 'array'}",
-                                                     "slurm.array=3"])
-    shard_ids = [str(j.job_id) for j in arrayed.jobs]
-    array_id = shard_ids[0].split("_")[0]
-    assert shard_ids == [f"{array_id}_{i}" for i in range(3)]
-    submission = Path(arrayed.merge.paths.submission_file).read_text()
-    assert f"--dependency=afterok:{array_id}" in submission
-
-    full, merged = single.jobs[0].result(), arrayed.merge.result()
-    for key in ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable"):
-        assert merged[key] == full[key], key
-    assert merged["num_evaluated"] == 10
-    assert sorted(p.name for p in (tmp_path / "array").iterdir() if p.name.startswith("shard-")) == [
-        "shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
-    a_ids, a_labels, a_scores = load_predictions(tmp_path / "single" / "predictions.npz")
-    b_ids, b_labels, b_scores = load_predictions(tmp_path / "array" / "predictions.npz")
-    order = [b_ids.index(v) for v in a_ids]
-    assert np.array_equal(a_labels, b_labels[order])
-    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)
-
-
 def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm, tmp_path, capsys):
     # With a 1-minute limit every signal counts as a time-out (submitit: ran >= min(0.8 x limit, limit - 10 min)).
     launched = launch_task("pretrain", None, [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200", *CPU_JOB,
@@ -329,3 +334,28 @@ def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
     _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
     result = job_result(job)
     assert result["starts"] == 2 and "nothing to save; requeueing now" in Path(job.paths.stdout).read_text()
+
+
+def test_eval_array_of_three_plus_merge_equals_the_single_eval(eval_array_jobs):
+    import numpy as np
+
+    from videoconvmae.eval.metrics import load_predictions
+
+    tmp_path, single, arrayed = eval_array_jobs
+    shard_ids = [str(j.job_id) for j in arrayed.jobs]
+    array_id = shard_ids[0].split("_")[0]
+    assert shard_ids == [f"{array_id}_{i}" for i in range(3)]
+    submission = Path(arrayed.merge.paths.submission_file).read_text()
+    assert f"--dependency=afterok:{array_id}" in submission
+
+    full, merged = single.jobs[0].result(), arrayed.merge.result()
+    for key in ("top1", "top5", "mean_class_acc", "num_evaluated", "num_unreadable"):
+        assert merged[key] == full[key], key
+    assert merged["num_evaluated"] == 10
+    assert sorted(p.name for p in (tmp_path / "array").iterdir() if p.name.startswith("shard-")) == [
+        "shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
+    a_ids, a_labels, a_scores = load_predictions(tmp_path / "single" / "predictions.npz")
+    b_ids, b_labels, b_scores = load_predictions(tmp_path / "array" / "predictions.npz")
+    order = [b_ids.index(v) for v in a_ids]
+    assert np.array_equal(a_labels, b_labels[order])
+    np.testing.assert_allclose(a_scores, b_scores[order], rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Training engine: pretraining, finetuning and linear probing loops; checkpoints; distributed."""
+"""Training engine: pretraining, finetuning and linear probing loops; checkpoints; distributed.
 
-# Every engine module may import timm; the shim must run before the first timm / torchvision import.
-from videoconvmae import compat  # noqa: F401
+Importing the package loads nothing heavy (``engine.config`` is read by every command, ``--help`` included);
+the modules that import timm load the torchvision shim first themselves."""

@@ -14,9 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# isort: off
+from videoconvmae import compat  # noqa: F401  (the torchvision shim must load before timm)
 from timm.optim import Lars
 from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
+# isort: on
 from torch import nn
 
 from videoconvmae.engine.config import OptimConfig

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from videoconvmae import compat  # noqa: F401  (before timm, imported lazily below)
 from videoconvmae.config import Config
 from videoconvmae.data.config import DataConfig
 from videoconvmae.data.seeding import isolated_rng, seed_everything

@@ -9,8 +9,6 @@ import os
 import re
 from collections.abc import MutableMapping
 
-from videoconvmae.engine.distributed import DEFAULT_PORT
-
 
 def expand_nodelist(nodelist: str) -> list[str]:
     """``node[01-03,07],gpu5`` -> ``[node01, node02, node03, node07, gpu5]`` (Slurm's compressed host list).
@@ -41,6 +39,8 @@ def torch_env_from_slurm(env: MutableMapping[str, str] | None = None) -> dict[st
     env = os.environ if env is None else env
     if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
         return {}
+    from videoconvmae.engine.distributed import DEFAULT_PORT  # here: every command calls this, torch loads late
+
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
     exported = {
         "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env.get("SLURM_LOCALID") or "0",

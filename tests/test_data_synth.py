@@ -85,6 +85,25 @@ def test_the_same_dataset_on_any_machine_under_any_load(tmp_path):
     assert _training_inputs(a) == _training_inputs(b)  # what a run sees: decoded, cropped, normalised
 
 
+def test_one_dataset_alone_is_the_same_as_in_the_full_write(tmp_path):
+    """``datasets=("k400",)`` writes only the K400 files, and they decode to the full write's K400 exactly."""
+    from videoconvmae.data.synth import decode_yuv420p
+
+    full = write_synthetic_dataset(tmp_path / "full", seed=3, **TINY)
+    alone = write_synthetic_dataset(tmp_path / "k400", seed=3, **TINY, datasets=("k400",))
+    assert not (alone / "ssv2").exists() and not (alone / "imagenet").exists()
+    files_full, files_alone = _files(full / "k400"), _files(alone / "k400")
+    assert files_full.keys() == files_alone.keys() and len(files_alone) > 0
+    for k in files_alone:
+        if k.suffix == ".mp4":
+            np.testing.assert_array_equal(decode_yuv420p(full / "k400" / k), decode_yuv420p(alone / "k400" / k))
+        else:
+            assert files_full[k] == files_alone[k], k
+    assert json.loads((alone / "synth.json").read_text())["datasets"] == ["k400"]
+    with pytest.raises(ValueError, match=r"datasets: expected a non-empty subset of k400, ssv2, imagenet"):
+        write_synthetic_dataset(tmp_path / "bad", **TINY, datasets=("kinetics",))
+
+
 def _training_inputs(root) -> list[bytes]:
     """The pretraining items of the K400 train split, seeded as the trainer seeds them, as bytes."""
     from videoconvmae.config import load_config

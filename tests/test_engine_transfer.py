@@ -43,7 +43,7 @@ def _k400(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def write_transfer_data(root: Path, workers: int = 2) -> Path:
-    return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, workers=workers)
+    return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, workers=workers, datasets=("k400",))
 
 
 def noise_like(weights: Path, out: Path, seed: int = 12345) -> Path:

@@ -74,6 +74,7 @@ class SynthSpec:
     background_contrast: float = 0.0  # background texture contrast relative to the disk's (0 = flat grey, 1 = same)
     speed: tuple[float, float] = (0.5, 1.0)  # translation speed range, pixels per frame at 64 px
     turn_degrees: tuple[float, float] = (3.0, 6.0)  # rotation speed range, degrees per frame
+    datasets: tuple[str, ...] = ("k400", "ssv2", "imagenet")  # which to write (each one's files are independent)
 
 
 def _smooth_texture(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -318,6 +319,9 @@ def _imagenet_jobs(spec: SynthSpec, root: Path) -> list[tuple]:
     return jobs
 
 
+DATASET_JOBS = {"k400": _k400_jobs, "ssv2": _ssv2_jobs, "imagenet": _imagenet_jobs}
+
+
 def write_synthetic_dataset(out_dir: str | os.PathLike, seed: int = 0, **overrides) -> Path:
     """Write the synthetic K400 / SSV2 / ImageNet-style dataset under ``out_dir``; returns its Path.
 
@@ -330,9 +334,14 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, seed: int = 0, **overrid
         raise ValueError(f"height/width: expected even sizes >= 16, got {spec.height}x{spec.width}")
     if spec.num_frames < 2:
         raise ValueError(f"num_frames: expected >= 2, got {spec.num_frames}")
+    spec.datasets = tuple(spec.datasets)
+    unknown = sorted(set(spec.datasets) - set(DATASET_JOBS))
+    if unknown or not spec.datasets:
+        raise ValueError(f"datasets: expected a non-empty subset of {', '.join(DATASET_JOBS)}, "
+                         f"got {list(spec.datasets)}")
     out = Path(out_dir)
-    clip_jobs = _k400_jobs(spec, out / "k400") + _ssv2_jobs(spec, out / "ssv2")
-    image_jobs = _imagenet_jobs(spec, out / "imagenet")
+    jobs = {name: DATASET_JOBS[name](spec, out / name) if name in spec.datasets else [] for name in DATASET_JOBS}
+    clip_jobs, image_jobs = jobs["k400"] + jobs["ssv2"], jobs["imagenet"]
     if spec.workers > 1:
         with get_context("spawn").Pool(spec.workers) as pool:
             hashes = pool.map(_write_clip, clip_jobs, chunksize=4) + pool.map(_write_image, image_jobs, chunksize=16)

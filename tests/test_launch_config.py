@@ -200,3 +200,26 @@ def test_an_srun_task_gets_torch_variables_and_torchrun_wins():
     both = {**slurm, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
     assert torch_env_from_slurm(both) == {}
     assert read_env(both) == {"rank": 0, "world_size": 2, "local_rank": 0, "master_addr": "h", "master_port": 1234}
+
+
+def test_a_requeued_job_is_not_given_up_on_one_failed_or_empty_squeue(monkeypatch):
+    """job_result's "is it still queued?" asks squeue again when squeue fails (a busy slurmctld) or answers empty
+    once (between two attempts of a requeued job); three empty answers in a row mean gone."""
+    import subprocess
+    import types
+
+    from videoconvmae.launch import job as job_module
+
+    answers = []
+
+    def fake_run(cmd, **kwargs):
+        code, out = answers.pop(0)
+        return subprocess.CompletedProcess(cmd, code, out, "")
+
+    monkeypatch.setattr(job_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(job_module.time, "sleep", lambda s: None)
+    job = types.SimpleNamespace(job_id="16")
+    answers[:] = [(1, ""), (0, ""), (0, "PENDING\n")]
+    assert job_module._still_queued(job) and not answers
+    answers[:] = [(0, ""), (1, ""), (0, ""), (0, "")]
+    assert not job_module._still_queued(job) and not answers

@@ -263,10 +263,24 @@ def job_result(job: submitit.Job) -> Any:
             time.sleep(5)
 
 
-def _still_queued(job: submitit.Job) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True,
-                         timeout=60, check=False)
-    return out.returncode == 0 and bool(out.stdout.strip())
+def _still_queued(job: submitit.Job, confirmations: int = 3, interval_s: float = 1.0) -> bool:
+    """Whether squeue lists the job. "Not listed" must be seen ``confirmations`` times in a row: a squeue that
+    fails (a busy slurmctld times out) or answers between two attempts of a requeued job is asked again."""
+    absent = 0
+    for _ in range(10 * confirmations):
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True,
+                                 text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            out = None
+        if out is not None and out.returncode == 0:
+            if out.stdout.strip():
+                return True
+            absent += 1
+            if absent >= confirmations:
+                return False
+        time.sleep(interval_s)
+    return False
 
 
 def shard_result_path(result: dict) -> str:

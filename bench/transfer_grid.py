@@ -87,7 +87,7 @@ def main() -> int:
     print(f"{'seed':>4} {'threads':>7} {'workers':>7} {'pretrained':>10} {'noise':>6} {'random':>7} {'margin':>7}"
           "  test  noise passes?")
     for r in rows:
-        sabotaged = transfer_holds({"pretrained": r["noise"], "random": r["random"]})
+        r["noise_passes"] = sabotaged = transfer_holds({"pretrained": r["noise"], "random": r["random"]})
         print(f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7} {r['pretrained']:>10.1f} {r['noise']:>6.1f} "
               f"{r['random']:>7.1f} {r['pretrained'] - r['random']:>7.1f}  {'pass' if transfer_holds(r) else 'FAIL'}"
               f"  {'YES' if sabotaged else 'no'}")
@@ -98,7 +98,7 @@ def main() -> int:
         print(f"linear probe on `features` ({arm} encoder): {spread([r['probe_' + arm] for r in rows])}")
     print(f"bars: pretrained >= {MIN_PRETRAINED:.1f}, margin >= {MIN_MARGIN:.1f}; "
           f"{sum(map(transfer_holds, rows))} of {len(rows)} cells pass; the noise control passes in "
-          f"{sum(transfer_holds({'pretrained': r['noise'], 'random': r['random']}) for r in rows)}")
+          f"{sum(r['noise_passes'] for r in rows)}")
     by_run: dict[tuple, set] = {}
     for r in rows:
         by_run.setdefault((r["seed"], r["threads"]), set()).add((r["pretrained"], r["noise"], r["random"]))

@@ -60,28 +60,6 @@ def noise_like(weights: Path, out: Path, seed: int = 12345) -> Path:
     return out
 
 
-def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, arms=("pretrained", "random"),
-                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
-    """One pretrain, then one finetune per arm -> ``{arm: val top-1 %}``, same recipe, budget and seed.
-
-    Arms: ``pretrained`` (the pretrain's weights.pt), ``random`` (the default init), ``noise`` (``noise_like`` the
-    pretrained weights: bench/transfer_grid.py's control).
-    """
-    common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
-    pre_dir = work / "pretrain"
-    run_task(load_config("pretrain_k400_tiny", _k400(root, pre_dir, f"optim.epochs={pretrain_epochs}", *common)))
-    sources = {"pretrained": lambda: pre_dir / "weights.pt", "random": lambda: "",
-               "noise": lambda: noise_like(pre_dir / "weights.pt", work / "noise_weights.pt")}
-    top1 = {}
-    for name in arms:
-        result = run_task(load_config("finetune_k400_tiny", _k400(
-            root, work / f"finetune_{name}", f"model.pretrained={sources[name]()}", f"optim.epochs={finetune_epochs}",
-            f"train.eval_every_epochs={finetune_epochs}", *common)))
-        assert result["status"] == "completed" and result["val_count"] == VAL_PER_CLASS * SynthSpec().num_classes
-        top1[name] = result["val_acc1"]
-    return top1
-
-
 def initial_weights(weights: Path, out: Path, seed: int) -> Path:
     """A weights.pt of the pretrain model as pretraining STARTS (a fresh init of its saved config) -> ``out``."""
     state = torch.load(weights, weights_only=True)
@@ -91,17 +69,48 @@ def initial_weights(weights: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def arm_weights(work: Path, arm: str, seed: int) -> Path | str:
+    """What an arm starts from, after ``run_transfer``'s pretrain in ``work``: ``pretrained`` its weights.pt,
+    ``noise`` ``noise_like`` them, ``initial`` ``initial_weights`` (the same encoder untrained), ``random`` ''
+    (a finetune's default init)."""
+    pretrained = work / "pretrain" / "weights.pt"
+    if arm == "pretrained":
+        return pretrained
+    if arm == "noise":
+        return noise_like(pretrained, work / "noise_weights.pt")
+    if arm == "initial":
+        return initial_weights(pretrained, work / "init.pt", seed)
+    if arm == "random":
+        return ""
+    raise ValueError(f"arm: expected pretrained | noise | initial | random, got {arm!r}")
+
+
+def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, arms=("pretrained", "random"),
+                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
+    """One pretrain, then one finetune per arm -> ``{arm: val top-1 %}``, same recipe, budget and seed.
+
+    Arms: ``arm_weights``'s (``noise`` is bench/transfer_grid.py's control).
+    """
+    common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
+    run_task(load_config("pretrain_k400_tiny", _k400(root, work / "pretrain", f"optim.epochs={pretrain_epochs}",
+                                                     *common)))
+    top1 = {}
+    for name in arms:
+        result = run_task(load_config("finetune_k400_tiny", _k400(
+            root, work / f"finetune_{name}", f"model.pretrained={arm_weights(work, name, seed)}",
+            f"optim.epochs={finetune_epochs}", f"train.eval_every_epochs={finetune_epochs}", *common)))
+        assert result["status"] == "completed" and result["val_count"] == VAL_PER_CLASS * SynthSpec().num_classes
+        top1[name] = result["val_acc1"]
+    return top1
+
+
 def probe_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
                    arms=("pretrained", "initial")) -> dict[str, float]:
     """After ``run_transfer``: ``videoconvmae features`` of the train and val clips (one centre view) for each
-    arm's frozen encoder, then ``linear_probe`` -> ``{arm: val top-1 %}``. Arms: ``pretrained``, ``initial``
-    (``initial_weights``: the same encoder untrained), ``noise`` (``noise_like``)."""
-    pretrained = work / "pretrain" / "weights.pt"
-    sources = {"pretrained": lambda: pretrained, "initial": lambda: initial_weights(pretrained, work / "init.pt", seed),
-               "noise": lambda: noise_like(pretrained, work / "noise_weights.pt")}
+    arm's frozen encoder (``arm_weights``), then ``linear_probe`` -> ``{arm: val top-1 %}``."""
     top1 = {}
     for name in arms:
-        weights, splits = sources[name](), []
+        weights, splits = arm_weights(work, name, seed), []
         for split in ("train", "val"):
             out = work / f"features_{name}_{split}"
             assert main(["features", str(weights), str(root / "k400" / f"{split}.csv"), "--out", str(out),

@@ -133,4 +133,3 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     opt.step(closure)
     with torch.no_grad():
         return 100.0 * float(((xv @ weight + bias).argmax(1) == yv).double().mean())
-

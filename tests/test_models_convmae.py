@@ -295,6 +295,30 @@ def test_head_init_std_reaches_the_head_from_the_config():
     assert wide.head.weight.std().item() == pytest.approx(0.02, rel=0.4)
 
 
+def test_decoder_size_keys_reach_the_pretrain_decoder():
+    from videoconvmae.models.config import ModelConfig
+    from videoconvmae.models.registry import build_model
+
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(arch="videoconvmae_tiny"), "pretrain")
+    torch.manual_seed(0)
+    same = build_model(ModelConfig(arch="videoconvmae_tiny", decoder_depth=1, decoder_dim=64, decoder_heads=2),
+                       "pretrain")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), same.state_dict().values()))
+    deep = build_model(ModelConfig(arch="videoconvmae_tiny", decoder_depth=4, decoder_dim=128, decoder_heads=4),
+                       "pretrain")
+    assert len(deep.decoder_blocks) == 4 and deep.mask_token.shape[-1] == 128
+    assert deep.decoder_blocks[0].attn.num_heads == 4
+    encoder = [k for k in default.state_dict() if not k.startswith(("decoder", "mask_token"))]
+    assert all(deep.state_dict()[k].shape == default.state_dict()[k].shape for k in encoder)
+    x = torch.randn(2, 3, 4, 64, 64)
+    deep(x)["loss"].backward()
+    with pytest.raises(ValueError, match=r"model.decoder_dim=96 is not divisible by model.decoder_heads=5"):
+        build_model(ModelConfig(arch="videoconvmae_tiny", decoder_dim=96, decoder_heads=5), "pretrain")
+    with pytest.raises(ValueError, match=r"model.decoder_depth: expected a positive integer"):
+        ModelConfig(decoder_depth=0)
+
+
 @pytest.mark.parametrize("name,shape", [("convmae_tiny_cls", (2, 3, 64, 96)), ("convmae_tiny_pretrain", (2, 3, 64, 96)),
                                         ("videoconvmae_tiny_cls", (2, 3, 4, 64, 96)),
                                         ("videoconvmae_tiny_pretrain", (2, 3, 4, 64, 96))])

@@ -264,8 +264,10 @@ def job_result(job: submitit.Job) -> Any:
 
 
 def _still_queued(job: submitit.Job, confirmations: int = 3, interval_s: float = 1.0) -> bool:
-    """Whether squeue lists the job. "Not listed" must be seen ``confirmations`` times in a row: a squeue that
-    fails (a busy slurmctld times out) or answers between two attempts of a requeued job is asked again."""
+    """Whether squeue lists the job. "Not listed" must be answered ``confirmations`` times (failed asks in
+    between do not count either way): a squeue that fails (a busy slurmctld times out) or answers between two
+    attempts of a requeued job is asked again. After ``10 * confirmations`` asks without a listing or that
+    many "not listed" answers it gives up and says not queued, so the caller reports the job's failure."""
     absent = 0
     for _ in range(10 * confirmations):
         try:

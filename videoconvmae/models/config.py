@@ -47,6 +47,9 @@ class ModelConfig:
     mask_ratio: float | None = None  # fraction of stage-3 tokens hidden; None = 0.75 image / 0.9 video
     loss_target: str | None = None  # videomae | mae | pixel (models/convmae.py); None = videomae video, mae image
     multiscale_decoder: bool = True  # fuse stride-4 / stride-2 convs of stages 1-2 into stage 3 (Eq. 1)
+    decoder_depth: int | None = None  # pretrain decoder blocks; None = arch default (VideoMAE's 4 video, 8 image)
+    decoder_dim: int | None = None  # pretrain decoder width; None = arch default
+    decoder_heads: int | None = None  # pretrain decoder attention heads (must divide decoder_dim); None = default
     sparse_stages: bool = True  # run conv stages on visible stage-3 cells only (exact; dense is the reference)
     tubelet: int | None = None  # temporal size of the cube embed; None = arch default (2)
     temporal_kernel: int | None = None  # temporal size of the depthwise conv; None = arch default (3)
@@ -60,6 +63,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_mask(self.mask_type, self.mask_ratio, key="model.")
+        for key in ("decoder_depth", "decoder_dim", "decoder_heads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{key}: expected a positive integer or null, got {value}")
         choices = (("loss_target", self.loss_target, LOSS_TARGETS), ("pos_embed", self.pos_embed, POS_EMBEDS),
                    ("conv_init", self.conv_init, CONV_INITS))
         for key, value, allowed in choices:

@@ -149,8 +149,12 @@ def build_model(model_cfg: ModelConfig, task: str, num_classes: int = 0, *,
             raise ValueError("model.pos_embed: pretraining uses the fixed sin-cos table (ConvMAE, VideoMAE); "
                              "'learnable' applies to finetune / linprobe")
         overrides.update(multiscale_decoder=model_cfg.multiscale_decoder, sparse_stages=model_cfg.sparse_stages)
-        overrides.update({k: v for k, v in (("mask_type", model_cfg.mask_type), ("mask_ratio", model_cfg.mask_ratio),
-                                            ("loss_target", model_cfg.loss_target)) if v is not None})  # None: Family
+        chosen = ("mask_type", "mask_ratio", "loss_target", "decoder_depth", "decoder_dim", "decoder_heads")
+        overrides.update({k: getattr(model_cfg, k) for k in chosen if getattr(model_cfg, k) is not None})  # None: arch
+        _, dim, heads = FAMILIES[model_cfg.arch].decoder
+        dim, heads = overrides.get("decoder_dim", dim), overrides.get("decoder_heads", heads)
+        if dim % heads:
+            raise ValueError(f"model.decoder_dim={dim} is not divisible by model.decoder_heads={heads}")
         if input_norm is not None:
             overrides.update(input_mean=tuple(input_norm[0]), input_std=tuple(input_norm[1]))
         model = create_model(f"{model_cfg.arch}_pretrain", **overrides)

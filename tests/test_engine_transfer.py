@@ -1,14 +1,21 @@
-"""Finetuning from the tiny MAE pretrain beats the same finetune from the default random init, end to end through
-the engine on real synthetic video files (pretrain_k400_tiny -> finetune_k400_tiny twice: same recipe, budget,
-seed). A PIPELINE check, not proof that pretraining learned features: the finetune from ``noise_like`` weights
-(every pretrained tensor replaced by Gaussian noise of its own mean and std) passes the same bars
-(bench/transfer_grid.py's noise column). What the margin measures is conditioning: from the default init the
-pooled features are the same for every clip (their across-clip share of energy rounds to 0.0%), and such finetunes
-often sit at chance for all 240 steps; the pretrain's weight scale avoids that, noise of that scale too.
+"""The tiny MAE pretrain learns features: a linear probe on its frozen encoder beats the same probe on the same
+encoder untrained AND on noise with the pretrained weights' statistics, end to end through the engine on real
+synthetic video files (data synth -> pretrain_k400_tiny -> ``videoconvmae features`` -> ``linear_probe``).
 
-Bars from ``bench/transfer_grid.py`` (2 workers; seeds 0-4 at 1 thread, 0-2 at 2 threads; min / median / max):
-pretrained 72.9 / 79.2 / 81.2%, noise 65.6 / 77.6 / 82.3%, random init 16.7 / 33.3 / 50.0%, margin
-27.1 / 40.1 / 63.5 points; chance 16.7%. The bars sit 31 and 12 points below the worst cell.
+The noise arm (every pretrained tensor replaced by Gaussian noise of its own mean and std) is the control the test
+must fail on: it has the pretrain's weight scale without its content, so a broken pretrain that still moves the
+weights' scale does not pass. The earlier version of this test (finetuning beats random init) passed with noise
+too (README): at the CI budget a finetune's margin was conditioning, not features.
+
+What makes the pretrain learn at this budget (in-memory probes, then the engine grid): VideoMAE's decoder depth
+(4 blocks, 128 wide; the tiny family's 1 x 64 decoder left the tube-masked loss on the plateau of a predictor that
+ignores the input), 960 steps, and clips that move twice the default speed (1-2 px per frame), so that what a
+hidden tube shows depends on the motion seen in the visible ones.
+
+Bars from ``bench/transfer_grid.py`` (2 workers; seeds 0-3 at 1 thread, 0 at 2 threads; min / median / max of the
+probe's val top-1 over 192 clips): pretrained 48.4 / 51.0 / 62.0%, untrained 20.8 / 33.3 / 37.5%, noise
+30.2 / 33.9 / 34.9%; pretrained over untrained 15.1 / 24.5 / 30.2 points, over noise 16.1 / 18.7 / 28.1; chance
+16.7%. The bars (33.3%, 5 points, 5 points) sit 15 and 10 points below the worst cells.
 """
 
 from __future__ import annotations
@@ -27,12 +34,17 @@ from videoconvmae.models import build_model
 
 pytestmark = pytest.mark.slow
 
-PRETRAIN_EPOCHS = 40  # x 12 steps of batch 16 (192 train clips)
-FINETUNE_EPOCHS = 20  # short on purpose: where a good initialisation shows most
-VAL_PER_CLASS = 16  # 96 val clips: one clip is 1.04 points
+PRETRAIN_EPOCHS = 80  # x 12 steps of batch 16 (192 train clips): 960 steps
+FINETUNE_EPOCHS = 20  # bench/transfer_grid.py's finetune arms (not run by this test)
+VAL_PER_CLASS = 32  # 192 val clips: one clip is 0.52 points
+SPEED = (1.0, 2.0)  # pixels per frame: twice the default, so that the tube-masked loss depends on the motion
+# VideoMAE's decoder depth (4) at twice the tiny width: with the tiny family's 1 x 64 decoder the tube-masked loss
+# stayed on the plateau of a predictor that ignores the input
+DECODER = ("model.decoder_depth=4", "model.decoder_dim=128", "model.decoder_heads=4")
 CHANCE = 100 / SynthSpec().num_classes
-MIN_PRETRAINED = 2.5 * CHANCE  # pretrained top-1 at least this (41.7%); worst cell measured 72.9%
-MIN_MARGIN = 15.0  # pretrained top-1 at least this many points above random init; worst cell 27.1
+MIN_PRETRAINED = 2 * CHANCE  # probe of the pretrained encoder at least this (33.3%)
+MIN_OVER_NOISE = 5.0  # points above the probe of noise with the pretrained weights' statistics
+MIN_OVER_UNTRAINED = 5.0  # points above the probe of the same encoder untrained
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.log_every_steps=50", "train.ckpt_every_steps=100000"]
 
 
@@ -43,7 +55,8 @@ def _k400(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def write_transfer_data(root: Path, workers: int = 2) -> Path:
-    return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, workers=workers, datasets=("k400",))
+    return write_synthetic_dataset(root, val_per_class=VAL_PER_CLASS, speed=SPEED, workers=workers,
+                                   datasets=("k400",))
 
 
 def noise_like(weights: Path, out: Path, seed: int = 12345) -> Path:
@@ -85,15 +98,20 @@ def arm_weights(work: Path, arm: str, seed: int) -> Path | str:
     raise ValueError(f"arm: expected pretrained | noise | initial | random, got {arm!r}")
 
 
-def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, arms=("pretrained", "random"),
-                 pretrain_epochs: int = PRETRAIN_EPOCHS, finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
-    """One pretrain, then one finetune per arm -> ``{arm: val top-1 %}``, same recipe, budget and seed.
-
-    Arms: ``arm_weights``'s (``noise`` is bench/transfer_grid.py's control).
-    """
-    common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
+def pretrain(root: Path, work: Path, seed: int = 0, num_workers: int = 2, pretrain_epochs: int = PRETRAIN_EPOCHS,
+             extra: tuple[str, ...] = ()) -> Path:
+    """pretrain_k400_tiny with the test's decoder and budget (``extra``: more overrides) -> its weights.pt."""
     run_task(load_config("pretrain_k400_tiny", _k400(root, work / "pretrain", f"optim.epochs={pretrain_epochs}",
-                                                     *common)))
+                                                     f"train.seed={seed}", f"data.num_workers={num_workers}",
+                                                     *DECODER, *extra)))
+    return work / "pretrain" / "weights.pt"
+
+
+def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, arms=("pretrained", "random"),
+                 finetune_epochs: int = FINETUNE_EPOCHS) -> dict[str, float]:
+    """After ``pretrain``: one finetune_k400_tiny per arm (``arm_weights``) -> ``{arm: val top-1 %}``, same recipe,
+    budget and seed."""
+    common = [f"train.seed={seed}", f"data.num_workers={num_workers}"]
     top1 = {}
     for name in arms:
         result = run_task(load_config("finetune_k400_tiny", _k400(
@@ -122,22 +140,32 @@ def probe_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
     return top1
 
 
-def transfer_holds(top1: dict[str, float]) -> bool:
-    return top1["pretrained"] >= MIN_PRETRAINED and top1["pretrained"] >= top1["random"] + MIN_MARGIN
+def probe_holds(top1: dict[str, float]) -> bool:
+    """The test's bars on ``probe_transfer``'s result (arms pretrained, initial, noise)."""
+    return (top1["pretrained"] >= MIN_PRETRAINED and top1["pretrained"] >= top1["noise"] + MIN_OVER_NOISE
+            and top1["pretrained"] >= top1["initial"] + MIN_OVER_UNTRAINED)
 
 
 @pytest.fixture(scope="module")
-def transfer(tmp_path_factory) -> dict[str, float]:
+def probes(tmp_path_factory) -> dict[str, float]:
     root = write_transfer_data(tmp_path_factory.mktemp("synth"))
-    top1 = run_transfer(root, tmp_path_factory.mktemp("transfer"))
-    print(f"\nfinetune val top-1: pretrained {top1['pretrained']:.1f}%, random init {top1['random']:.1f}%")
+    work = tmp_path_factory.mktemp("transfer")
+    pretrain(root, work)
+    top1 = probe_transfer(root, work, arms=("pretrained", "initial", "noise"))
+    print(f"\nlinear probe val top-1: pretrained {top1['pretrained']:.1f}%, untrained {top1['initial']:.1f}%, "
+          f"noise {top1['noise']:.1f}%")
     return top1
 
 
-def test_finetuning_a_pretrained_encoder_beats_chance_clearly(transfer):
-    assert transfer["pretrained"] >= MIN_PRETRAINED, f"pretrained {transfer['pretrained']:.1f}% vs chance {CHANCE:.1f}%"
+def test_probe_of_the_pretrained_encoder_beats_chance_clearly(probes):
+    assert probes["pretrained"] >= MIN_PRETRAINED, f"pretrained {probes['pretrained']:.1f}% vs chance {CHANCE:.1f}%"
 
 
-def test_finetuning_a_pretrained_encoder_beats_random_init(transfer):
-    assert transfer["pretrained"] >= transfer["random"] + MIN_MARGIN, (
-        f"pretrained {transfer['pretrained']:.1f}% vs random init {transfer['random']:.1f}%")
+def test_probe_of_the_pretrained_encoder_beats_the_untrained_encoder(probes):
+    assert probes["pretrained"] >= probes["initial"] + MIN_OVER_UNTRAINED, (
+        f"pretrained {probes['pretrained']:.1f}% vs untrained {probes['initial']:.1f}%")
+
+
+def test_probe_of_the_pretrained_encoder_beats_noise_of_its_statistics(probes):
+    assert probes["pretrained"] >= probes["noise"] + MIN_OVER_NOISE, (
+        f"pretrained {probes['pretrained']:.1f}% vs noise {probes['noise']:.1f}%")

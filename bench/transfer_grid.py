@@ -13,7 +13,8 @@ without its content). The test's bars are ``probe_holds``. With ``--finetune`` e
 finetune_k400_tiny from the pretrained weights, from the noise and from the default init (``run_transfer``).
 Workers 0 and 2 must give the same numbers (the run is bitwise repeatable); the tool says so when they do not.
 ``--jobs 2`` runs two cells at once (1 thread each is then the fair setting). ``--sabotage leak`` pretrains with
-masking that leaks (the dense masked convolution without its keep-multiplication), a run the test must fail.
+masking that leaks (the dense masked convolution without its keep-multiplication): measured, it passes the
+test's bars (README), so leaks are left to the exact leak tests.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the test's")
     parser.add_argument("--finetune", action="store_true", help="also finetune from pretrained / noise / random")
     parser.add_argument("--sabotage", choices=("none", "leak"), default="none",
-                        help="leak: pretrain with masking that leaks (the test must fail on it)")
+                        help="leak: pretrain with masking that leaks (a control; see README)")
     parser.add_argument("--out", default="runs/transfer_grid")
     args = parser.parse_args()
 
@@ -101,14 +102,16 @@ def main() -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda c: run_cell(data, out / f"{tag}_s{c[0]}_t{c[1]}_w{c[2]}", *c, budgets,
                                                 args.finetune, args.sabotage), cells))
-    probe = {arm: [r["probe_" + arm] for r in rows] for arm in ("pretrained", "initial", "noise")}
+    arms = ("pretrained", "initial", "noise")
+    probes = [{arm: r["probe_" + arm] for arm in arms} for r in rows]
+    holds = [probe_holds(p) for p in probes]
+    probe = {arm: [p[arm] for p in probes] for arm in arms}
     print(f"{'seed':>4} {'threads':>7} {'workers':>7}   linear probe: {'pretrained':>10} {'untrained':>9} {'noise':>6}"
           f" {'over untr.':>10} {'over noise':>10}  test" + ("   finetune: pretrained  noise  random" * args.finetune))
-    for r in rows:
-        p = {arm: r["probe_" + arm] for arm in probe}
+    for r, p, ok in zip(rows, probes, holds):
         line = (f"{r['seed']:>4} {r['threads']:>7} {r['workers']:>7}   {'':14}{p['pretrained']:>10.1f} "
                 f"{p['initial']:>9.1f} {p['noise']:>6.1f} {p['pretrained'] - p['initial']:>10.1f} "
-                f"{p['pretrained'] - p['noise']:>10.1f}  {'pass' if probe_holds(p) else 'FAIL'}")
+                f"{p['pretrained'] - p['noise']:>10.1f}  {'pass' if ok else 'FAIL'}")
         if args.finetune:
             line += f"   {'':10}{r['pretrained']:>10.1f} {r['noise']:>6.1f} {r['random']:>7.1f}"
         print(line)
@@ -118,9 +121,8 @@ def main() -> int:
     if args.finetune:
         print("finetune  " + "   ".join(f"{arm} {spread([r[arm] for r in rows])}"
                                        for arm in ("pretrained", "noise", "random")))
-    passing = sum(probe_holds({arm: r["probe_" + arm] for arm in probe}) for r in rows)
     print(f"bars: pretrained >= {MIN_PRETRAINED:.1f}, >= untrained + {MIN_OVER_UNTRAINED:.1f}, >= noise + "
-          f"{MIN_OVER_NOISE:.1f}; {passing} of {len(rows)} cells pass")
+          f"{MIN_OVER_NOISE:.1f}; {sum(holds)} of {len(rows)} cells pass")
     by_run: dict[tuple, set] = {}
     for r in rows:
         by_run.setdefault((r["seed"], r["threads"]), set()).add(tuple(sorted(r.items() - {("workers", r["workers"])})))

@@ -85,7 +85,7 @@ def initial_weights(weights: Path, out: Path, seed: int) -> Path:
 
 
 def arm_weights(work: Path, arm: str, seed: int) -> Path | str:
-    """What an arm starts from, after ``run_transfer``'s pretrain in ``work``: ``pretrained`` its weights.pt,
+    """What an arm starts from, after ``pretrain`` in ``work``: ``pretrained`` its weights.pt,
     ``noise`` ``noise_like`` them, ``initial`` ``initial_weights`` (the same encoder untrained), ``random`` ''
     (a finetune's default init)."""
     pretrained = work / "pretrain" / "weights.pt"
@@ -126,7 +126,7 @@ def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, ar
 
 def probe_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
                    arms=("pretrained", "initial")) -> dict[str, float]:
-    """After ``run_transfer``: ``videoconvmae features`` of the train and val clips (one centre view) for each
+    """After ``pretrain``: ``videoconvmae features`` of the train and val clips (one centre view) for each
     arm's frozen encoder (``arm_weights``), then ``linear_probe`` -> ``{arm: val top-1 %}``."""
     top1 = {}
     for name in arms:

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.cells import run_cell_code, spread  # noqa: E402
 
 CELL = """
 import json, sys, torch
@@ -56,18 +55,8 @@ def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, budg
              sabotage: str) -> dict:
     code = CELL.format(threads=threads, root=str(ROOT), data=str(data), work=str(work), seed=seed, workers=workers,
                        budgets=budgets, finetune=finetune, sabotage=sabotage)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    work.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    (work / "log.txt").write_text(proc.stdout + proc.stderr)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CELL ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"cell seed={seed} threads={threads} workers={workers} failed: see {work / 'log.txt'}")
-    return {"seed": seed, "threads": threads, "workers": workers, **json.loads(line[5:])}
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):5.1f} / {statistics.median(values):5.1f} / {max(values):5.1f}"
+    row = run_cell_code(code, work, threads, f"seed={seed} threads={threads} workers={workers}")
+    return {"seed": seed, "threads": threads, "workers": workers, **row}
 
 
 def main() -> int:

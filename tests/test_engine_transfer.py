@@ -12,9 +12,9 @@ What makes the pretrain learn at this budget (in-memory probes, then the engine 
 ignores the input), 960 steps, and clips that move twice the default speed (1-2 px per frame), so that what a
 hidden tube shows depends on the motion seen in the visible ones.
 
-Bars from ``bench/transfer_grid.py`` (2 workers; seeds 0-3 at 1 thread, 0 at 2 threads; min / median / max of the
-probe's val top-1 over 192 clips): pretrained 48.4 / 51.0 / 62.0%, untrained 20.8 / 33.3 / 37.5%, noise
-30.2 / 33.9 / 34.9%; pretrained over untrained 15.1 / 24.5 / 30.2 points, over noise 16.1 / 18.7 / 28.1; chance
+Bars from ``bench/transfer_grid.py`` (2 workers; seeds 0-3 at 1 thread, 0-2 at 2 threads; min / median / max of
+the probe's val top-1 over 192 clips): pretrained 48.4 / 56.8 / 62.0%, untrained 20.8 / 33.3 / 37.5%, noise
+30.2 / 33.9 / 34.9%; pretrained over untrained 15.1 / 24.5 / 30.2 points, over noise 16.1 / 22.4 / 28.1; chance
 16.7%. The bars (33.3%, 5 points, 5 points) sit 15 and 10 points below the worst cells. A pretrain whose masking
 leaks (``--sabotage leak``) passes them too (54.2 / 33.3 / 39.1 at seed 0): leaks are the exact leak tests' job
 (test_models_convmae.py), not this one's.

@@ -7,4 +7,4 @@ tools/setup.sh
 .venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml: dependencies point down
 # Two worker processes: the minutes-long transfer module on one, the rest on the other (tests/conftest.py).
 # `./test.sh -n 0` runs the suite in this one process.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"

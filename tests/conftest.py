@@ -25,14 +25,9 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=0, **SYNTH_SMALL)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Schedule for test.sh's ``pytest -n 2 --dist loadgroup --no-loadscope-reorder``: one group per module (its
-    module fixtures run once), ONE group for every module that starts a local Slurm (they run one after the
-    other: each cluster wants the cores while its jobs start), and the modules marked ``long`` first, so that one
-    worker runs them while the other runs everything else. Without xdist only the order changes."""
-    slurm_modules = {item.module.__name__ for item in items if item.get_closest_marker("slurm")}
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("slurm" if module in slurm_modules else module))
+    """The modules marked ``long`` first: test.sh's ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` hands
+    out whole modules in this order, so one worker runs the transfer test's pretrain while the other runs the
+    rest. (Not ``--dist loadgroup``: on pytest 9.2 it silently stops grouping, pytest-xdist issue #1386, and a
+    module fixture then runs on both workers.)"""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keeps its order

@@ -5,6 +5,4 @@ cd "$(dirname "$0")"
 tools/setup.sh
 .venv/bin/ruff check videoconvmae tests bench tools
 .venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml: dependencies point down
-# Two worker processes: the minutes-long transfer module on one, the rest on the other (tests/conftest.py).
-# `./test.sh -n 0` runs the suite in this one process.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q "$@"

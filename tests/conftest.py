@@ -23,11 +23,3 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from videoconvmae.data.synth import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=0, **SYNTH_SMALL)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The modules marked ``long`` first: test.sh's ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` hands
-    out whole modules in this order, so one worker runs the transfer test's pretrain while the other runs the
-    rest. (Not ``--dist loadgroup``: on pytest 9.2 it silently stops grouping, pytest-xdist issue #1386, and a
-    module fixture then runs on both workers.)"""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keeps its order

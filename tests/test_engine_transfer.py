@@ -34,7 +34,7 @@ from videoconvmae.engine.tasks import run_task
 from videoconvmae.eval.features import linear_probe, read_features
 from videoconvmae.models import build_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 PRETRAIN_EPOCHS = 80  # x 12 steps of batch 16 (192 train clips): 960 steps
 FINETUNE_EPOCHS = 20  # bench/transfer_grid.py's finetune arms (not run by this test)

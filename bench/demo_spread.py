@@ -29,12 +29,10 @@ torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.test_engine_transfer import noise_like
-from tools.demo import last_val_top1
+from tools.demo import k400_overrides, last_val_top1
 from videoconvmae.cli import main
 data, work, seed = Path({data!r}), Path({work!r}), {seed}
-common = [f"data.root={{data}}/k400", f"data.train_annotation={{data}}/k400/train.csv",
-          f"data.val_annotation={{data}}/k400/val.csv", f"train.seed={{seed}}", "train.progress=false",
-          "train.tensorboard=false"]
+common = [*k400_overrides(data), f"train.seed={{seed}}", "train.progress=false", "train.tensorboard=false"]
 assert main(["pretrain", "pretrain_k400_tiny", *common, f"train.output_dir={{work}}/pretrain"]) == 0
 starts = {{"pretrained": str(work / "pretrain" / "weights.pt"), "random": ""}}
 if {noise!r}:

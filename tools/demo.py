@@ -65,6 +65,12 @@ def synth_is_current(data: Path) -> bool:
         written.get(k) == v for k, v in expected.items() if k != "workers")
 
 
+def k400_overrides(data: Path) -> list[str]:
+    """The overrides that point a k400 preset at the synthetic dataset in ``data``."""
+    return [f"data.root={data}/k400", f"data.train_annotation={data}/k400/train.csv",
+            f"data.val_annotation={data}/k400/val.csv"]
+
+
 def fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -82,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(data)
     if out.exists():
         shutil.rmtree(out)
-    data_root = [f"data.root={data}/k400", f"data.train_annotation={data}/k400/train.csv",
-                 f"data.val_annotation={data}/k400/val.csv"]
+    data_root = k400_overrides(data)
 
     stages: dict[str, Stage] = {}
     if write_data:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from slurm_cluster import LocalSlurm, unavailable_reason
-from test_launch_slurm import _release_if_requeued, _steps_logged, _tiny, _wait_for, use_local_polling
+from test_launch_slurm import _steps_logged, _tiny, _wait_for, released_when_requeued, use_local_polling
 
 from videoconvmae.launch.cli import launch_task
 from videoconvmae.launch.job import job_result
@@ -142,7 +142,7 @@ def test_preempted_two_node_job_resumes_equal_to_the_uninterrupted_one(slurm2, t
                                                          f"slurm.registry={tmp_path / 'jobs.jsonl'}")).jobs[0]
     _wait_for(lambda: _steps_logged(cut_dir) >= 2, 240, "the 2-node run to reach step 2", job=cut)
     cut._interrupt()  # SIGTERM + SIGUSR2 to every task of the job, as a preemption
-    _wait_for(lambda: _release_if_requeued(slurm2, cut.job_id), 90, "the preempted job to be requeued", job=cut)
+    _wait_for(released_when_requeued(slurm2, cut.job_id), 90, "the preempted job to be requeued", job=cut)
     result = job_result(cut)
     assert result["status"] == "completed" and result["step"] == STEPS
     assert [t["job_task"]["node"] for t in cut.results()] == [0, 1]

@@ -82,14 +82,29 @@ def _squeue_state(cluster: LocalSlurm, job_id: str) -> str:
     return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
 
 
-def _release_if_requeued(cluster: LocalSlurm, job_id: str) -> bool:
-    """A requeued job waits ~130 s (Reason=BeginTime); start it now. True once it was seen pending again and its
-    previous attempt has exited (PENDING shows while it still runs `scontrol requeue`; the 130 s BeginTime
-    guarantees it normally, and a run started beside it would find its run lock held)."""
-    if _squeue_state(cluster, job_id) == "PENDING" and not cluster.job_processes(job_id):
+# slurmd rejects a job credential created no later than the second its previous attempt's credential was revoked
+# ("Killing non-startable batch JobId=15: Job credential revoked", seen on a fresh clone: a release 65 ms after the
+# requeue made the job FAILED). Slurm's own ~130 s BeginTime after a requeue hides this; a release must wait it out.
+CREDENTIAL_REVOKE_S = 2.0
+
+
+def released_when_requeued(cluster: LocalSlurm, job_id: str):
+    """A predicate for ``_wait_for``: a requeued job waits ~130 s (Reason=BeginTime); start it now. True once it
+    was released: seen PENDING again, its previous attempt exited (PENDING shows while it still runs `scontrol
+    requeue`, and a run started beside it would find its run lock held), and CREDENTIAL_REVOKE_S after that."""
+    pending_since: list[float] = []
+
+    def predicate() -> bool:
+        if _squeue_state(cluster, job_id) != "PENDING" or cluster.job_processes(job_id):
+            pending_since.clear()
+            return False
+        pending_since[:] = pending_since or [time.monotonic()]
+        if time.monotonic() - pending_since[0] < CREDENTIAL_REVOKE_S:
+            return False
         cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return True
-    return False
+
+    return predicate
 
 
 def test_cluster_runs_a_batch_job(slurm, tmp_path):
@@ -113,7 +128,7 @@ def test_preempted_job_resumes_at_the_step_boundary(slurm, tmp_path):
     _wait_for(lambda: state_path.exists() and json.loads(state_path.read_text())["step"] >= 3, 90,
               "the toy run to reach step 3")
     job._interrupt()  # preemption: SIGTERM then SIGUSR2, as Slurm does
-    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the job to be requeued", job=job)
+    _wait_for(released_when_requeued(slurm, job.job_id), 60, "the job to be requeued", job=job)
     result = job_result(job)
     assert result["status"] == "completed"
     assert result["step"] == steps
@@ -270,7 +285,7 @@ def test_preempted_pretrain_ends_with_the_weights_of_an_uninterrupted_run(slurm,
     cut = launch_task("pretrain", "pretrain_k400_tiny", _tiny(synth_root, cut_dir, *common)).jobs[0]
     _wait_for(lambda: _steps_logged(cut_dir) >= 4, 180, "the run to reach step 4")
     cut._interrupt()  # SIGTERM + SIGUSR2, as a preemption
-    _wait_for(lambda: _release_if_requeued(slurm, cut.job_id), 90, "the preempted job to be requeued", job=cut)
+    _wait_for(released_when_requeued(slurm, cut.job_id), 90, "the preempted job to be requeued", job=cut)
     r_ref, r_cut = job_result(ref), job_result(cut)
     assert r_ref["status"] == r_cut["status"] == "completed" and r_ref["step"] == r_cut["step"] == steps
 
@@ -300,7 +315,7 @@ def test_time_limit_requeues_until_max_num_timeout_then_fails_in_one_line(slurm,
 
     _wait_for(lambda: state()["step"] >= 2, 60, "the first run to reach step 2", job=job)
     job._interrupt(timeout=True)  # SIGUSR2 only, as at the time limit: 1 time-out allowed -> requeued
-    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the requeue after the time-out", job=job)
+    _wait_for(released_when_requeued(slurm, job.job_id), 60, "the requeue after the time-out", job=job)
     _wait_for(lambda: state()["starts"] == 2 and state()["step"] >= 4, 60, "the requeued run to resume", job=job)
     resumed_at = state()["step"]
     job._interrupt(timeout=True)  # second time-out: countdown spent -> the job fails, checkpoint kept
@@ -331,7 +346,7 @@ def test_preempted_eval_shard_is_requeued_and_starts_over(slurm, tmp_path):
     starts = tmp_path / "run" / "eval" / "starts"
     _wait_for(starts.exists, 60, "the eval job to start", job=job)
     job._interrupt()
-    _wait_for(lambda: _release_if_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
+    _wait_for(released_when_requeued(slurm, job.job_id), 60, "the eval job to be requeued", job=job)
     result = job_result(job)
     assert result["starts"] == 2 and "nothing to save; requeueing now" in Path(job.paths.stdout).read_text()
 

@@ -23,6 +23,11 @@ def _reference_maker():
     return module
 
 
+# The reference was written on one CPU; another CPU's kernels round otherwise (a fresh clone on an AMD EPYC: pred
+# 1.5e-6 from it). A change to the math moves these outputs by orders of magnitude more.
+REFERENCE_RTOL = 1e-5
+
+
 def test_convmae_image_path_matches_stored_reference():
     """The ConvMAE image pretrain path (loss, prediction, latent) equals what the code gave before issue 16."""
     maker = _reference_maker()
@@ -33,9 +38,9 @@ def test_convmae_image_path_matches_stored_reference():
     assert torch.equal(mask, ref["mask"])
     with torch.no_grad():
         out = model(x, mask=mask)
-    assert abs(out["loss"].item() - ref["loss"].item()) < 1e-6
-    assert (out["pred"] - ref["pred"]).abs().max().item() < 1e-6
-    assert (out["latent"] - ref["latent"]).abs().max().item() < 1e-6
+    for key in ("loss", "pred", "latent"):
+        err = ((out[key] - ref[key]).abs() / ref[key].abs().clamp_min(1)).max().item()
+        assert err < REFERENCE_RTOL, f"{key}: {err:.2e} from the stored reference"
 
 
 # ---- loss targets -------------------------------------------------------------------------------------------

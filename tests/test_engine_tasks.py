@@ -68,11 +68,16 @@ def test_data_modality_must_be_the_models(synth_root, tmp_path, capsys):
                    "(spatial_dims=2): use a videoconvmae_* arch or a dataset of that modality")
 
 
+# last 5 / first 5 losses of the image pretrain, seeds 0-4 at 1 and 2 threads: 0.884-0.895 (the bar used to be 0.9);
+# the same run at lr 0: 0.998-1.005. The bar sits between, with room on both sides.
+IMAGE_LOSS_RATIO = 0.95
+
+
 def test_image_pretrain_loss_falls_and_exports(image_pretrain):
     out, result = image_pretrain
     values = losses(out)
     assert result["status"] == "completed" and len(values) == 25
-    assert sum(values[-5:]) / 5 < 0.9 * sum(values[:5]) / 5
+    assert sum(values[-5:]) / 5 < IMAGE_LOSS_RATIO * sum(values[:5]) / 5
     ckpt = load_checkpoint(result["checkpoint"])
     assert from_dict(ckpt["config"]).task == "pretrain" and (out / "config.yaml").is_file()
     assert torch.load(out / "weights.pt", weights_only=True)["model"].keys() == ckpt["model"].keys()

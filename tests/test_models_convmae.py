@@ -95,6 +95,8 @@ def test_3d_with_one_frame_equals_2d():
 @pytest.mark.parametrize("name,shape", [("convmae_tiny_pretrain", (4, 3, 32, 32)),
                                         ("videoconvmae_tiny_pretrain", (2, 3, 4, 32, 32))])
 def test_loss_decreases_on_a_fixed_batch(name, shape):
+    """30 AdamW steps on one batch. Seeds 0-4 at 1 and 2 threads end at 0.42-0.49 (image) and 0.535-0.565 (video)
+    of the first loss; the bar (0.7) is set from the video's worst, far below a model that does not learn (1.0)."""
     torch.manual_seed(0)
     model = create_model(name)
     x = torch.randn(shape)
@@ -107,7 +109,7 @@ def test_loss_decreases_on_a_fixed_batch(name, shape):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_explicit_mask_is_honoured_and_generator_replays():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -26,3 +27,15 @@ def run_cell_code(code: str, work: Path, threads: int, what: str) -> dict:
 def spread(values: list[float]) -> str:
     """min / median / max."""
     return f"{min(values):5.1f} / {statistics.median(values):5.1f} / {max(values):5.1f}"
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of every tensor of a weights.pt's model, in key order:
+    equal digests are bitwise-equal weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(torch.load(path, weights_only=True)["model"].items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -11,7 +11,8 @@ Each cell runs ``tests/test_engine_transfer`` in a fresh interpreter with ``OMP_
 and ``noise`` (every pretrained tensor replaced by Gaussian noise of its own mean and std: the pretrain's scale
 without its content). The test's bars are ``probe_holds``. With ``--finetune`` each cell also runs
 finetune_k400_tiny from the pretrained weights, from the noise and from the default init (``run_transfer``).
-Workers 0 and 2 must give the same numbers (the run is bitwise repeatable); the tool says so when they do not.
+Workers 0 and 2 must give the same numbers and the same pretrained weights (a digest of every tensor: the run is
+bitwise repeatable); the tool says so when they do not.
 ``--jobs 2`` runs two cells at once (1 thread each is then the fair setting). ``--sabotage leak`` pretrains with
 masking that leaks (the dense masked convolution without its keep-multiplication): measured, it passes the
 test's bars (README), so leaks are left to the exact leak tests.
@@ -36,6 +37,7 @@ torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.test_engine_transfer import pretrain, probe_transfer, run_transfer
+from bench.cells import weights_digest
 data, work = Path({data!r}), Path({work!r})
 extra = ()
 if {sabotage!r} == "leak":  # the dense masked convolution without its keep-multiplication: hidden cells leak
@@ -45,6 +47,7 @@ if {sabotage!r} == "leak":  # the dense masked convolution without its keep-mult
 pretrain(data, work, seed={seed}, num_workers={workers}, extra=extra, **{budgets!r})
 row = {{"probe_" + k: v for k, v in probe_transfer(data, work, seed={seed}, num_workers={workers},
                                                    arms=("pretrained", "initial", "noise")).items()}}
+row["weights_sha256"] = weights_digest(work / "pretrain" / "weights.pt")
 if {finetune!r}:
     row.update(run_transfer(data, work, seed={seed}, num_workers={workers}, arms=("pretrained", "noise", "random")))
 print("CELL", json.dumps(row))

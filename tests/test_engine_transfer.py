@@ -12,12 +12,13 @@ What makes the pretrain learn at this budget (in-memory probes, then the engine 
 ignores the input), 960 steps, and clips that move twice the default speed (1-2 px per frame), so that what a
 hidden tube shows depends on the motion seen in the visible ones.
 
-Bars from ``bench/transfer_grid.py`` (2 workers; seeds 0-3 at 1 thread, 0-2 at 2 threads; min / median / max of
-the probe's val top-1 over 192 clips): pretrained 48.4 / 56.8 / 62.0%, untrained 20.8 / 33.3 / 37.5%, noise
-30.2 / 33.9 / 34.9%; pretrained over untrained 15.1 / 24.5 / 30.2 points, over noise 16.1 / 22.4 / 28.1; chance
-16.7%. The bars (33.3%, 5 points, 5 points) sit 15 and 10 points below the worst cells. A pretrain whose masking
-leaks (``--sabotage leak``) passes them too (54.2 / 33.3 / 39.1 at seed 0): leaks are the exact leak tests' job
-(test_models_convmae.py), not this one's.
+Bars from ``bench/transfer_grid.py`` (2 workers; 17 cells on two CPUs: seeds 0-3 at 1 thread and 0-2 at 2 on one,
+seeds 0-4 at 1 and 2 threads on an AMD EPYC; min / median / max of the probe's val top-1 over 192 clips): pretrained
+43.8 / 51.6 / 62.0%, untrained 20.8 / 32.3 / 37.5%, noise 30.2 / 32.8 / 36.5%; pretrained over untrained 13.5 /
+21.9 / 30.7 points, over noise 7.3 / 19.8 / 28.6; chance 16.7%. The bars (33.3%, 5 points over untrained, 3 over
+noise) sit 10.5, 8.5 and 4.3 points below the worst cells; the noise margin is the thin one (README). A pretrain
+whose masking leaks (``--sabotage leak``) passes them too (54.2 / 33.3 / 39.1 at seed 0): leaks are the exact leak
+tests' job (test_models_convmae.py), not this one's.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ SPEED = (1.0, 2.0)  # pixels per frame: twice the default, so that the tube-mask
 DECODER = ("model.decoder_depth=4", "model.decoder_dim=128", "model.decoder_heads=4")
 CHANCE = 100 / SynthSpec().num_classes
 MIN_PRETRAINED = 2 * CHANCE  # probe of the pretrained encoder at least this (33.3%)
-MIN_OVER_NOISE = 5.0  # points above the probe of noise with the pretrained weights' statistics
+MIN_OVER_NOISE = 3.0  # points above the probe of noise with the pretrained weights' statistics
 MIN_OVER_UNTRAINED = 5.0  # points above the probe of the same encoder untrained
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.log_every_steps=50", "train.ckpt_every_steps=100000"]
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/transfer_grid.py --seeds 0 1 2 3 4 --threads 1 2 --workers 2 --jobs 2
     .venv/bin/python bench/transfer_grid.py --seeds 0 --threads 1 --workers 0 2     # workers must not matter
     .venv/bin/python bench/transfer_grid.py --seeds 0 1 --threads 1 --finetune      # + the finetune arms
+    .venv/bin/python bench/transfer_grid.py --seeds 4 --threads 1 --noise-seeds 1 2 3   # + three more noise draws
 
 Each cell runs ``tests/test_engine_transfer`` in a fresh interpreter with ``OMP_NUM_THREADS`` /
 ``torch.set_num_threads`` set (1 and 2 threads reduce in other orders, the way another CPU's kernels do): its
@@ -36,7 +37,7 @@ import json, sys, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from tests.test_engine_transfer import pretrain, probe_transfer, run_transfer
+from tests.test_engine_transfer import noise_like, pretrain, probe_encoder, probe_transfer, run_transfer
 from bench.cells import weights_digest
 data, work = Path({data!r}), Path({work!r})
 extra = ()
@@ -48,6 +49,9 @@ pretrain(data, work, seed={seed}, num_workers={workers}, extra=extra, **{budgets
 row = {{"probe_" + k: v for k, v in probe_transfer(data, work, seed={seed}, num_workers={workers},
                                                    arms=("pretrained", "initial", "noise")).items()}}
 row["weights_sha256"] = weights_digest(work / "pretrain" / "weights.pt")
+for noise_seed in {noise_seeds!r}:  # more noise draws: how much of the noise arm is its one draw
+    weights = noise_like(work / "pretrain" / "weights.pt", work / f"noise_{{noise_seed}}.pt", seed=noise_seed)
+    row[f"probe_noise_{{noise_seed}}"] = probe_encoder(data, work, weights, f"noise_{{noise_seed}}", {workers})
 if {finetune!r}:
     row.update(run_transfer(data, work, seed={seed}, num_workers={workers}, arms=("pretrained", "noise", "random")))
 print("CELL", json.dumps(row))
@@ -55,9 +59,9 @@ print("CELL", json.dumps(row))
 
 
 def run_cell(data: Path, work: Path, seed: int, threads: int, workers: int, budgets: dict, finetune: bool,
-             sabotage: str) -> dict:
+             sabotage: str, noise_seeds: list[int]) -> dict:
     code = CELL.format(threads=threads, root=str(ROOT), data=str(data), work=str(work), seed=seed, workers=workers,
-                       budgets=budgets, finetune=finetune, sabotage=sabotage)
+                       budgets=budgets, finetune=finetune, sabotage=sabotage, noise_seeds=noise_seeds)
     row = run_cell_code(code, work, threads, f"seed={seed} threads={threads} workers={workers}")
     return {"seed": seed, "threads": threads, "workers": workers, **row}
 
@@ -80,6 +84,8 @@ def main() -> int:
     parser.add_argument("--finetune", action="store_true", help="also finetune from pretrained / noise / random")
     parser.add_argument("--sabotage", choices=("none", "leak"), default="none",
                         help="leak: pretrain with masking that leaks (a control; see README)")
+    parser.add_argument("--noise-seeds", type=int, nargs="*", default=[],
+                        help="more noise draws probed in each cell (the test's one draw is noise_like's default)")
     parser.add_argument("--out", default="runs/transfer_grid")
     args = parser.parse_args()
 
@@ -93,7 +99,7 @@ def main() -> int:
     cells = [(s, t, w) for s in args.seeds for t in args.threads for w in args.workers]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda c: run_cell(data, out / f"{tag}_s{c[0]}_t{c[1]}_w{c[2]}", *c, budgets,
-                                                args.finetune, args.sabotage), cells))
+                                                args.finetune, args.sabotage, args.noise_seeds), cells))
     arms = ("pretrained", "initial", "noise")
     probes = [{arm: r["probe_" + arm] for arm in arms} for r in rows]
     holds = [probe_holds(p) for p in probes]
@@ -110,6 +116,10 @@ def main() -> int:
     print("min / median / max  " + "   ".join(f"{arm} {spread(v)}" for arm, v in probe.items()) +
           f"   over untrained {spread([a - b for a, b in zip(probe['pretrained'], probe['initial'])])}"
           f"   over noise {spread([a - b for a, b in zip(probe['pretrained'], probe['noise'])])}")
+    if args.noise_seeds:
+        draws = [[r["probe_noise"]] + [r[f"probe_noise_{n}"] for n in args.noise_seeds] for r in rows]
+        print(f"noise draws per cell: all {spread(sum(draws, []))}   pretrained over the best draw of its cell "
+              f"{spread([r['probe_pretrained'] - max(d) for r, d in zip(rows, draws)])}")
     if args.finetune:
         print("finetune  " + "   ".join(f"{arm} {spread([r[arm] for r in rows])}"
                                        for arm in ("pretrained", "noise", "random")))

@@ -16,9 +16,12 @@ Bars from ``bench/transfer_grid.py`` (2 workers; 17 cells on two CPUs: seeds 0-3
 seeds 0-4 at 1 and 2 threads on an AMD EPYC; min / median / max of the probe's val top-1 over 192 clips): pretrained
 43.8 / 51.6 / 62.0%, untrained 20.8 / 32.3 / 37.5%, noise 30.2 / 32.8 / 36.5%; pretrained over untrained 13.5 /
 21.9 / 30.7 points, over noise 7.3 / 19.8 / 28.6; chance 16.7%. The bars (33.3%, 5 points over untrained, 3 over
-noise) sit 10.5, 8.5 and 4.3 points below the worst cells; the noise margin is the thin one (README). A pretrain
-whose masking leaks (``--sabotage leak``) passes them too (54.2 / 33.3 / 39.1 at seed 0): leaks are the exact leak
-tests' job (test_models_convmae.py), not this one's.
+noise) sit 10.5, 8.5 and 4.3 points below the worst cells. The noise margin is the thin one: other noise draws
+(seeds 1-3 beside 12345, the AMD cells) probe 29.2-40.1%, and the pretrained probe beats each of those 40 draws by
+4.2 points at the least (``transfer_grid.py --noise-seeds``): the bar is not an artefact of one draw. A 1-epoch
+(12-step) pretrain fails the bars in 8 of the 10 AMD cells (``--pretrain-epochs 1``); it passes at seed 0 only, so
+the test runs seed 1 (``TEST_SEED``). A pretrain whose masking leaks (``--sabotage leak``) passes them too (54.2 /
+33.3 / 39.1 at seed 0): leaks are the exact leak tests' job (test_models_convmae.py), not this one's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ CHANCE = 100 / SynthSpec().num_classes
 MIN_PRETRAINED = 2 * CHANCE  # probe of the pretrained encoder at least this (33.3%)
 MIN_OVER_NOISE = 3.0  # points above the probe of noise with the pretrained weights' statistics
 MIN_OVER_UNTRAINED = 5.0  # points above the probe of the same encoder untrained
+# Every seed of the grid passes the bars; at seed 1 a 1-epoch (12-step) pretrain also FAILS them (30.7 / 32.3 / 37.0%),
+# which at seed 0 it did not (43.2 / 33.3 / 31.2%): the run CI makes tells 960 steps from a few.
+TEST_SEED = 1
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.log_every_steps=50", "train.ckpt_every_steps=100000"]
 
 
@@ -125,22 +131,25 @@ def run_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2, ar
     return top1
 
 
+def probe_encoder(root: Path, work: Path, weights: Path | str, name: str, num_workers: int = 2) -> float:
+    """``videoconvmae features`` of the train and val clips (one centre view) for the frozen encoder of
+    ``weights`` (into ``work``/features_{name}_{split}), then ``linear_probe`` -> val top-1 %."""
+    splits = []
+    for split in ("train", "val"):
+        out = work / f"features_{name}_{split}"
+        assert main(["features", str(weights), str(root / "k400" / f"{split}.csv"), "--out", str(out),
+                     "eval.num_temporal_views=1", "eval.num_spatial_views=1", f"data.num_workers={num_workers}",
+                     "train.progress=false"]) == 0
+        feats, rows = read_features(out)
+        splits.append((feats, [int(r["label"]) for r in rows]))
+    return linear_probe(*splits)
+
+
 def probe_transfer(root: Path, work: Path, seed: int = 0, num_workers: int = 2,
                    arms=("pretrained", "initial")) -> dict[str, float]:
-    """After ``pretrain``: ``videoconvmae features`` of the train and val clips (one centre view) for each
-    arm's frozen encoder (``arm_weights``), then ``linear_probe`` -> ``{arm: val top-1 %}``."""
-    top1 = {}
-    for name in arms:
-        weights, splits = arm_weights(work, name, seed), []
-        for split in ("train", "val"):
-            out = work / f"features_{name}_{split}"
-            assert main(["features", str(weights), str(root / "k400" / f"{split}.csv"), "--out", str(out),
-                         "eval.num_temporal_views=1", "eval.num_spatial_views=1", f"data.num_workers={num_workers}",
-                         "train.progress=false"]) == 0
-            feats, rows = read_features(out)
-            splits.append((feats, [int(r["label"]) for r in rows]))
-        top1[name] = linear_probe(*splits)
-    return top1
+    """After ``pretrain``: ``probe_encoder`` of each arm's frozen encoder (``arm_weights``) -> ``{arm: val top-1
+    %}``."""
+    return {name: probe_encoder(root, work, arm_weights(work, name, seed), name, num_workers) for name in arms}
 
 
 def probe_holds(top1: dict[str, float]) -> bool:
@@ -153,8 +162,8 @@ def probe_holds(top1: dict[str, float]) -> bool:
 def probes(tmp_path_factory) -> dict[str, float]:
     root = write_transfer_data(tmp_path_factory.mktemp("synth"))
     work = tmp_path_factory.mktemp("transfer")
-    pretrain(root, work)
-    top1 = probe_transfer(root, work, arms=("pretrained", "initial", "noise"))
+    pretrain(root, work, seed=TEST_SEED)
+    top1 = probe_transfer(root, work, seed=TEST_SEED, arms=("pretrained", "initial", "noise"))
     print(f"\nlinear probe val top-1: pretrained {top1['pretrained']:.1f}%, untrained {top1['initial']:.1f}%, "
           f"noise {top1['noise']:.1f}%")
     return top1

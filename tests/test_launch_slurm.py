@@ -92,14 +92,16 @@ def released_when_requeued(cluster: LocalSlurm, job_id: str):
     """A predicate for ``_wait_for``: a requeued job waits ~130 s (Reason=BeginTime); start it now. True once it
     was released: seen PENDING again, its previous attempt exited (PENDING shows while it still runs `scontrol
     requeue`, and a run started beside it would find its run lock held), and CREDENTIAL_REVOKE_S after that."""
-    pending_since: list[float] = []
+    pending_since: float | None = None  # when it was first seen PENDING with its previous attempt gone
 
     def predicate() -> bool:
+        nonlocal pending_since
         if _squeue_state(cluster, job_id) != "PENDING" or cluster.job_processes(job_id):
-            pending_since.clear()
+            pending_since = None
             return False
-        pending_since[:] = pending_since or [time.monotonic()]
-        if time.monotonic() - pending_since[0] < CREDENTIAL_REVOKE_S:
+        if pending_since is None:
+            pending_since = time.monotonic()
+        if time.monotonic() - pending_since < CREDENTIAL_REVOKE_S:
             return False
         cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return True
